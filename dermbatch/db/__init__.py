@@ -1,0 +1,1 @@
+"""The results database: SQLAlchemy models, engines per process, migrations and queries."""

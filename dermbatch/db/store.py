@@ -1,0 +1,259 @@
+"""Writes and reads of jobs, images and predictions that both embedded runs and workers use.
+
+Every write is idempotent: a batch that is delivered twice, or written again after a crash,
+changes nothing the second time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import and_, exists, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from dermbatch.db.models import (
+    ClassProbability,
+    Image,
+    ImageStatus,
+    Job,
+    JobStatus,
+    Prediction,
+    utcnow,
+)
+
+#: Rows per INSERT when recording a job's images.
+INSERT_CHUNK = 1000
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """An image found by listing a source: its URI, size in bytes and ETag if the source gives one."""
+
+    uri: str
+    size_bytes: int | None = None
+    content_hash: str | None = None
+
+
+@dataclass(frozen=True)
+class PendingImage:
+    """An image row a batch still has to classify."""
+
+    id: int
+    uri: str
+    attempts: int
+
+
+@dataclass(frozen=True)
+class PredictionOutcome:
+    """A classified image: its probabilities in contract label order."""
+
+    image_id: int
+    uri: str
+    content_hash: str
+    size_bytes: int | None
+    label: str
+    confidence: float
+    probabilities: dict[str, float]
+
+
+@dataclass(frozen=True)
+class ErrorOutcome:
+    """An image that could not be classified, with a reason code and a message."""
+
+    image_id: int
+    reason: str
+    message: str
+    content_hash: str | None = None
+    size_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class JobCounts:
+    total: int
+    done: int
+    error: int
+    pending: int
+
+
+def create_job(
+    session: Session, *, source_uri: str, model_version_id: int, batch_size: int, force: bool, mode: str
+) -> Job:
+    job = Job(
+        source_uri=source_uri,
+        model_version_id=model_version_id,
+        batch_size=batch_size,
+        force=force,
+        mode=mode,
+        status=JobStatus.CREATED,
+    )
+    session.add(job)
+    session.flush()
+    return job
+
+
+def add_images(session: Session, job_id: int, refs: Iterable[ImageRef]) -> list[int]:
+    """Insert a job's image rows in chunks and return their ids in listing order."""
+    ids: list[int] = []
+    chunk: list[dict] = []
+    for ref in refs:
+        chunk.append(
+            {"job_id": job_id, "uri": ref.uri, "size_bytes": ref.size_bytes, "content_hash": ref.content_hash,
+             "status": ImageStatus.PENDING, "attempts": 0, "updated_at": utcnow()}
+        )
+        if len(chunk) >= INSERT_CHUNK:
+            ids.extend(_insert_images(session, chunk))
+            chunk = []
+    if chunk:
+        ids.extend(_insert_images(session, chunk))
+    return ids
+
+
+def _insert_images(session: Session, rows: list[dict]) -> list[int]:
+    result = session.execute(insert(Image).returning(Image.id, sort_by_parameter_order=True), rows)
+    return [row.id for row in result]
+
+
+def claim_pending(session: Session, job_id: int, image_ids: Sequence[int]) -> list[PendingImage]:
+    """Count a delivery for a batch's still-pending images and return them.
+
+    Images that an earlier delivery already finished are left out, so a redelivered batch
+    only works on what is left.
+    """
+    condition = and_(Image.job_id == job_id, Image.id.in_(image_ids), Image.status == ImageStatus.PENDING)
+    session.execute(update(Image).where(condition).values(attempts=Image.attempts + 1))
+    rows = session.execute(select(Image.id, Image.uri, Image.attempts).where(condition).order_by(Image.id))
+    return [PendingImage(id=row.id, uri=row.uri, attempts=row.attempts) for row in rows]
+
+
+def find_predictions(
+    session: Session, model_version_id: int, keys: Iterable[tuple[str, str]]
+) -> dict[tuple[str, str], int]:
+    """Return {(uri, content_hash): prediction id} for the keys this model version already classified."""
+    keys = list(keys)
+    if not keys:
+        return {}
+    uris = {uri for uri, _ in keys}
+    rows = session.execute(
+        select(Prediction.id, Prediction.uri, Prediction.content_hash).where(
+            Prediction.model_version_id == model_version_id, Prediction.uri.in_(uris)
+        )
+    )
+    wanted = set(keys)
+    return {(row.uri, row.content_hash): row.id for row in rows if (row.uri, row.content_hash) in wanted}
+
+
+def record_outcomes(
+    session: Session,
+    *,
+    model_version_id: int,
+    predictions: Sequence[PredictionOutcome],
+    errors: Sequence[ErrorOutcome],
+    reused: dict[int, int] | None = None,
+    replace: bool = False,
+) -> None:
+    """Write a batch's predictions and errors and mark its images finished.
+
+    Predictions are inserted only if no row exists for (uri, content hash, model version),
+    or overwritten when `replace` is set. Images are updated only while still pending.
+    `reused` maps image ids to existing prediction ids to link without a new forward pass.
+    """
+    links = dict(reused or {})
+    if predictions:
+        links.update(_upsert_predictions(session, model_version_id, predictions, replace=replace))
+
+    now = utcnow()
+    by_id = {outcome.image_id: outcome for outcome in predictions}
+    for image_id, prediction_id in links.items():
+        outcome = by_id.get(image_id)
+        values = {"status": ImageStatus.DONE, "prediction_id": prediction_id, "updated_at": now,
+                  "error_reason": None, "error_message": None}
+        if outcome is not None:
+            values.update(content_hash=outcome.content_hash, size_bytes=outcome.size_bytes)
+        session.execute(_pending_image(image_id).values(**values))
+
+    for error in errors:
+        values = {"status": ImageStatus.ERROR, "error_reason": error.reason, "error_message": error.message,
+                  "updated_at": now}
+        if error.content_hash is not None:
+            values["content_hash"] = error.content_hash
+        if error.size_bytes is not None:
+            values["size_bytes"] = error.size_bytes
+        session.execute(_pending_image(error.image_id).values(**values))
+
+
+def _pending_image(image_id: int):
+    return update(Image).where(Image.id == image_id, Image.status == ImageStatus.PENDING)
+
+
+def _upsert_predictions(
+    session: Session, model_version_id: int, outcomes: Sequence[PredictionOutcome], *, replace: bool
+) -> dict[int, int]:
+    dialect_insert = postgresql.insert if session.bind.dialect.name == "postgresql" else sqlite.insert
+    rows = [
+        {"uri": o.uri, "content_hash": o.content_hash, "model_version_id": model_version_id, "label": o.label,
+         "confidence": o.confidence, "probabilities": o.probabilities, "created_at": utcnow()}
+        for o in outcomes
+    ]
+    statement = dialect_insert(Prediction).values(rows)
+    key = ["uri", "content_hash", "model_version_id"]
+    if replace:
+        statement = statement.on_conflict_do_update(
+            index_elements=key,
+            set_={name: statement.excluded[name] for name in ("label", "confidence", "probabilities", "created_at")},
+        )
+    else:
+        statement = statement.on_conflict_do_nothing(index_elements=key)
+    session.execute(statement)
+
+    ids = find_predictions(session, model_version_id, [(o.uri, o.content_hash) for o in outcomes])
+    links = {o.image_id: ids[(o.uri, o.content_hash)] for o in outcomes}
+    _upsert_class_probabilities(session, dialect_insert, outcomes, links)
+    return links
+
+
+def _upsert_class_probabilities(session: Session, dialect_insert, outcomes, links: dict[int, int]) -> None:
+    rows = [
+        {"prediction_id": links[o.image_id], "label": label, "probability": probability}
+        for o in outcomes
+        for label, probability in o.probabilities.items()
+    ]
+    statement = dialect_insert(ClassProbability).values(rows)
+    statement = statement.on_conflict_do_update(
+        index_elements=["prediction_id", "label"], set_={"probability": statement.excluded.probability}
+    )
+    session.execute(statement)
+
+
+def mark_job_running(session: Session, job_id: int, total_images: int) -> None:
+    session.execute(
+        update(Job).where(Job.id == job_id).values(status=JobStatus.RUNNING, total_images=total_images,
+                                                    started_at=utcnow())
+    )
+
+
+def finish_job_if_complete(session: Session, job_id: int) -> bool:
+    """Mark a running job done when no image is pending; return whether this call did it.
+
+    Each batch calls this after committing its own writes, so whichever batch commits last
+    sees every other batch's rows and finishes the job.
+    """
+    pending = exists().where(Image.job_id == job_id, Image.status == ImageStatus.PENDING)
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.RUNNING, ~pending)
+        .values(status=JobStatus.DONE, finished_at=utcnow())
+    )
+    return result.rowcount == 1
+
+
+def job_counts(session: Session, job_id: int) -> JobCounts:
+    rows = session.execute(
+        select(Image.status, func.count()).where(Image.job_id == job_id).group_by(Image.status)
+    ).all()
+    counts = {status: count for status, count in rows}
+    done = counts.get(ImageStatus.DONE, 0)
+    error = counts.get(ImageStatus.ERROR, 0)
+    pending = counts.get(ImageStatus.PENDING, 0)
+    return JobCounts(total=done + error + pending, done=done, error=error, pending=pending)

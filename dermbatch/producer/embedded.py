@@ -1,0 +1,48 @@
+"""Running a job in-process on the embedded default: no broker, no worker processes."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from dermbatch.db.engine import session_scope
+from dermbatch.db.models import ModelVersion
+from dermbatch.db.registry import bundle_for
+from dermbatch.model.classifier import Classifier, configure_tensorflow
+from dermbatch.producer.jobs import JobPlan
+from dermbatch.settings import Settings
+from dermbatch.worker.batch import BatchResult, classify_batch
+
+logger = logging.getLogger(__name__)
+
+
+def load_classifier(model_version_id: int, settings: Settings) -> Classifier:
+    with session_scope(settings.database_url) as session:
+        row = session.get(ModelVersion, model_version_id)
+        bundle = bundle_for(row)
+    return Classifier(bundle)
+
+
+def run_job_in_process(
+    plan: JobPlan, settings: Settings, on_batch: Callable[[BatchResult], None] | None = None
+) -> list[BatchResult]:
+    """Classify every batch of a job in this process, one forward pass per batch."""
+    configure_tensorflow(intra_op_threads=settings.tf_threads or os.cpu_count(), device=settings.device)
+    classifier = load_classifier(plan.model_version_id, settings)
+
+    results = []
+    with ThreadPoolExecutor(max_workers=settings.read_threads, thread_name_prefix="read") as executor:
+        for image_ids in plan.batches:
+            result = classify_batch(
+                plan.job_id, image_ids, classifier=classifier, model_version_id=plan.model_version_id,
+                settings=settings, executor=executor, force=plan.force, final_attempt=True,
+            )
+            logger.info("job %d batch of %d: %d predicted, %d reused, %d errors in %.2f s (%.1f images/s)",
+                        plan.job_id, result.claimed, result.predicted, result.reused, result.errors,
+                        result.seconds, result.images_per_second)
+            results.append(result)
+            if on_batch is not None:
+                on_batch(result)
+    return results

@@ -1,0 +1,1 @@
+"""Classification of batches: the batch function, and the Celery app and tasks around it."""
