@@ -57,11 +57,12 @@ def create_job(
     leaves no half-recorded job behind.
     """
     batch_size = batch_size or settings.batch_size
+    images = list_source(source, settings)
     with session_scope(settings.database_url) as session:
         version = resolve_model_version(session, settings, model_version)
         job = store.create_job(session, source_uri=source_uri(source), model_version_id=version.id,
                                batch_size=batch_size, force=force, mode=mode)
-        image_ids = store.add_images(session, job.id, list_source(source, settings))
+        image_ids = store.add_images(session, job.id, images)
         if not image_ids:
             raise SourceNotFoundError(
                 f"no JPEG or PNG images found under {source}; check the path or prefix"

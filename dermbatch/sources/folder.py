@@ -16,7 +16,7 @@ IMAGE_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n")
 
 
 def list_folder(folder: Path) -> Iterator[ImageRef]:
-    """Yield the images under a folder, recursively, in sorted order.
+    """Check that the folder exists, then return an iterator over its images, recursively, in sorted order.
 
     A file is listed if its content starts like a JPEG or PNG, or if its name has an image
     extension; the second rule lets broken, unreadable and other-format images end as
@@ -24,11 +24,19 @@ def list_folder(folder: Path) -> Iterator[ImageRef]:
     folders are not followed.
     """
     folder = Path(folder)
+    check_folder(folder)
+    return _walk(folder)
+
+
+def check_folder(folder: Path) -> None:
+    """Raise SourceNotFoundError unless `folder` is an existing folder."""
     if not folder.exists():
         raise SourceNotFoundError(f"folder {folder} does not exist; pass a folder of JPEG or PNG images")
     if not folder.is_dir():
         raise SourceNotFoundError(f"{folder} is not a folder; pass a folder of JPEG or PNG images")
 
+
+def _walk(folder: Path) -> Iterator[ImageRef]:
     for root, dirs, files in os.walk(folder, onerror=None, followlinks=False):
         dirs.sort()
         for name in sorted(files):
@@ -43,7 +51,9 @@ def read_file(path: str) -> tuple[bytes, str]:
         with open(path, "rb") as stream:
             data = stream.read()
     except FileNotFoundError as error:
-        raise ImageReadError(f"file {path} no longer exists", transient=False) from error
+        raise ImageReadError(
+            f"file {path} does not exist or is a broken symbolic link", transient=False
+        ) from error
     except PermissionError as error:
         raise ImageReadError(f"permission denied reading {path}; make it readable by the worker", transient=False) from error
     except IsADirectoryError as error:

@@ -1,0 +1,3 @@
+from dermbatch.cli import main
+
+main()
