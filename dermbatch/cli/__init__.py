@@ -8,8 +8,8 @@ import os
 import sys
 
 import typer
-from rich.console import Console
-
+from rich.markup import escape
+from dermbatch.cli.console import error_console
 from dermbatch.errors import DermbatchError
 
 app = typer.Typer(
@@ -19,7 +19,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-error_console = Console(stderr=True, soft_wrap=True)
 
 #: Modules that add commands to `app`, each through a `register(app)` function.
 COMMAND_MODULES = (
@@ -57,5 +56,5 @@ def main() -> None:
     try:
         app()
     except DermbatchError as error:
-        error_console.print(f"[bold red]error:[/] {error}", highlight=False, markup=True)
+        error_console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False)
         sys.exit(2)

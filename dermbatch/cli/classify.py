@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
+from dermbatch.cli.console import console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -17,7 +17,6 @@ from dermbatch.producer.jobs import create_job
 from dermbatch.settings import get_settings
 from dermbatch.worker.batch import BatchResult
 
-console = Console()
 
 
 def classify(

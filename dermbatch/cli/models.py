@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
+from dermbatch.cli.console import console
 from rich.table import Table
 from sqlalchemy import select
 
@@ -18,7 +18,6 @@ from dermbatch.model.bundle import import_foreign_model, load_bundle
 from dermbatch.model.contract import FIT_MODES, HAM10000_CLASSES, PIXEL_SCALINGS, RESIZE_METHODS, ModelContract
 from dermbatch.settings import get_settings
 
-console = Console()
 models_app = typer.Typer(help="Manage model versions.", no_args_is_help=True)
 
 

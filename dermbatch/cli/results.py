@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import IO
 
 import typer
-from rich.console import Console
+from dermbatch.cli.console import console
 from rich.table import Table
 
 from dermbatch.db.engine import session_scope
@@ -19,7 +19,6 @@ from dermbatch.db.store import job_counts
 from dermbatch.errors import DermbatchError
 from dermbatch.settings import get_settings
 
-console = Console()
 
 
 class OutputFormat(str, Enum):
