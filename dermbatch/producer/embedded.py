@@ -13,7 +13,7 @@ from dermbatch.db.registry import bundle_for
 from dermbatch.model.classifier import Classifier, configure_tensorflow
 from dermbatch.producer.jobs import JobPlan
 from dermbatch.settings import Settings
-from dermbatch.worker.batch import BatchResult, classify_batch
+from dermbatch.worker.batch import BatchResult, LoadedBatch, complete_batch, load_batch
 
 logger = logging.getLogger(__name__)
 
@@ -28,17 +28,28 @@ def load_classifier(model_version_id: int, settings: Settings) -> Classifier:
 def run_job_in_process(
     plan: JobPlan, settings: Settings, on_batch: Callable[[BatchResult], None] | None = None
 ) -> list[BatchResult]:
-    """Classify every batch of a job in this process, one forward pass per batch."""
+    """Classify every batch of a job in this process, one forward pass per batch.
+
+    The next batch is read and decoded on background threads while the current one runs
+    its forward pass, so reading overlaps computing.
+    """
     configure_tensorflow(intra_op_threads=settings.tf_threads or os.cpu_count(), device=settings.device)
     classifier = load_classifier(plan.model_version_id, settings)
 
+    def load(image_ids: list[int]) -> LoadedBatch:
+        return load_batch(plan.job_id, image_ids, classifier=classifier, settings=settings,
+                          executor=readers, force=plan.force, final_attempt=True)
+
     results = []
-    with ThreadPoolExecutor(max_workers=settings.read_threads, thread_name_prefix="read") as executor:
-        for image_ids in plan.batches:
-            result = classify_batch(
-                plan.job_id, image_ids, classifier=classifier, model_version_id=plan.model_version_id,
-                settings=settings, executor=executor, force=plan.force, final_attempt=True,
-            )
+    with ThreadPoolExecutor(max_workers=settings.read_threads, thread_name_prefix="read") as readers, \
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch") as prefetcher:
+        upcoming = prefetcher.submit(load, plan.batches[0]) if plan.batches else None
+        for index in range(len(plan.batches)):
+            loaded = upcoming.result()
+            if index + 1 < len(plan.batches):
+                upcoming = prefetcher.submit(load, plan.batches[index + 1])
+            result = complete_batch(loaded, classifier=classifier, model_version_id=plan.model_version_id,
+                                    settings=settings)
             logger.info("job %d batch of %d: %d predicted, %d reused, %d errors in %.2f s (%.1f images/s)",
                         plan.job_id, result.claimed, result.predicted, result.reused, result.errors,
                         result.seconds, result.images_per_second)

@@ -63,6 +63,17 @@ class _Loaded:
     transient: bool = False
 
 
+@dataclass
+class LoadedBatch:
+    """A batch whose pending images are read and decoded, ready for its forward pass."""
+
+    job_id: int
+    items: list[_Loaded]
+    started: float
+    force: bool
+    final_attempt: bool
+
+
 def classify_batch(
     job_id: int,
     image_ids: Sequence[int],
@@ -80,38 +91,61 @@ def classify_batch(
     the final attempt, TransientBatchError is raised after the rest of the batch is
     recorded, so that a retry handles only the images left pending.
     """
-    started = time.perf_counter()
-    result = BatchResult(job_id=job_id)
+    loaded = load_batch(job_id, image_ids, classifier=classifier, settings=settings, executor=executor,
+                        force=force, final_attempt=final_attempt)
+    return complete_batch(loaded, classifier=classifier, model_version_id=model_version_id, settings=settings)
 
+
+def load_batch(
+    job_id: int,
+    image_ids: Sequence[int],
+    *,
+    classifier: Classifier,
+    settings: Settings,
+    executor: ThreadPoolExecutor,
+    force: bool = False,
+    final_attempt: bool = True,
+) -> LoadedBatch:
+    """Claim a batch's pending images, then read and decode them on the executor's threads."""
+    started = time.perf_counter()
     with session_scope(settings.database_url) as session:
         pending = store.claim_pending(session, job_id, image_ids)
-    result.claimed = len(pending)
-    if not pending:
+    items = list(executor.map(lambda image: _load(image, classifier, settings), pending))
+    return LoadedBatch(job_id=job_id, items=items, started=started, force=force, final_attempt=final_attempt)
+
+
+def complete_batch(
+    batch: LoadedBatch, *, classifier: Classifier, model_version_id: int, settings: Settings
+) -> BatchResult:
+    """Run the forward pass of a loaded batch and write its predictions and errors in one transaction."""
+    job_id = batch.job_id
+    result = BatchResult(job_id=job_id, claimed=len(batch.items))
+    if not batch.items:
         result.job_done = _finish_job(job_id, settings)
         return result
 
-    loaded = list(executor.map(lambda image: _load(image, classifier, settings), pending))
-    retry_later = [item for item in loaded if item.transient and not final_attempt]
-    ready = [item for item in loaded if item.pixels is not None]
-    errors = [item.error for item in loaded if item.error is not None and not (item.transient and not final_attempt)]
+    retry_later = [item for item in batch.items if item.transient and not batch.final_attempt]
+    ready = [item for item in batch.items if item.pixels is not None]
+    errors = [item.error for item in batch.items
+              if item.error is not None and not (item.transient and not batch.final_attempt)]
 
-    reused = _reusable_predictions(ready, model_version_id, settings) if not force else {}
+    reused = _reusable_predictions(ready, model_version_id, settings) if not batch.force else {}
     to_predict = [item for item in ready if item.image.id not in reused]
     predictions = _predict(to_predict, classifier)
 
     with session_scope(settings.database_url) as session:
         store.record_outcomes(session, model_version_id=model_version_id, predictions=predictions,
-                              errors=errors, reused=reused, replace=force)
+                              errors=errors, reused=reused, replace=batch.force)
     result.job_done = _finish_job(job_id, settings)
 
     result.predicted, result.reused, result.errors = len(predictions), len(reused), len(errors)
     for error in errors:
         result.error_reasons[error.reason] = result.error_reasons.get(error.reason, 0) + 1
-    result.seconds = time.perf_counter() - started
+    result.seconds = time.perf_counter() - batch.started
 
     if retry_later:
         raise TransientBatchError(
-            f"{len(retry_later)} of {len(pending)} images of job {job_id} could not be read: "
+            f"{len(retry_later)} of {len(batch.items)} images of job {job_id} could not be read: "
             f"{retry_later[0].error.message}"
         )
     return result
