@@ -12,9 +12,9 @@ from rich.table import Table
 from dermbatch.db.engine import session_scope
 from dermbatch.db.migrate import upgrade_database
 from dermbatch.db.queries import error_counts, get_job, label_counts
-from dermbatch.producer.embedded import run_job_in_process
-from dermbatch.producer.jobs import create_job
-from dermbatch.settings import get_settings
+from dermbatch.producer.embedded import plan_pending, run_job_in_process
+from dermbatch.producer.jobs import JobPlan, create_job
+from dermbatch.settings import Settings, get_settings
 from dermbatch.worker.batch import BatchResult
 
 
@@ -31,18 +31,40 @@ def classify(
     plan = create_job(str(folder), settings, mode="embedded", force=force, model_version=model,
                       batch_size=batch_size)
     console.print(f"job {plan.job_id}: {plan.total_images} images, model {plan.model_version}")
-
-    with _progress() as progress:
-        task = progress.add_task("classifying", total=plan.total_images, rate="")
-        completed = {"images": 0}
-
-        def advance(result: BatchResult) -> None:
-            completed["images"] += result.claimed
-            elapsed = progress.tasks[task].elapsed or 1e-9
-            progress.update(task, advance=result.claimed, rate=f"{completed['images'] / elapsed:.1f} images/s")
-
-        run_job_in_process(plan, settings, on_batch=advance)
+    _run_with_progress(plan, settings)
     print_summary(plan.job_id)
+
+
+def resume(
+    job: str = typer.Argument(..., help="Job id, or 'latest'."),
+    batch_size: int = typer.Option(None, "--batch-size", "-b", min=1, help="Images per forward pass."),
+) -> None:
+    """Classify in this process the images of a job that are still pending, after an interruption."""
+    settings = get_settings()
+    upgrade_database(settings.database_url)
+    plan = plan_pending(job, settings, batch_size)
+    console.print(f"job {plan.job_id}: {plan.total_images} images pending, model {plan.model_version}")
+    if plan.batches:
+        _run_with_progress(plan, settings)
+    print_summary(plan.job_id)
+
+
+def _run_with_progress(plan: JobPlan, settings: Settings) -> None:
+    try:
+        with _progress() as progress:
+            task = progress.add_task("classifying", total=plan.total_images, rate="")
+            completed = {"images": 0}
+
+            def advance(result: BatchResult) -> None:
+                completed["images"] += result.claimed
+                elapsed = progress.tasks[task].elapsed or 1e-9
+                progress.update(task, advance=result.claimed,
+                                rate=f"{completed['images'] / elapsed:.1f} images/s")
+
+            run_job_in_process(plan, settings, on_batch=advance)
+    except KeyboardInterrupt:
+        console.print(f"interrupted; finished batches are saved. Continue with: dermbatch resume {plan.job_id}")
+        raise typer.Exit(130) from None
 
 
 def print_summary(job_id: int) -> None:
@@ -79,3 +101,4 @@ def _progress() -> Progress:
 
 def register(app: typer.Typer) -> None:
     app.command("classify")(classify)
+    app.command("resume")(resume)

@@ -7,8 +7,12 @@ import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+from sqlalchemy import select
+
+from dermbatch.db import store
 from dermbatch.db.engine import session_scope
-from dermbatch.db.models import ModelVersion
+from dermbatch.db.models import Image, ImageStatus, ModelVersion
+from dermbatch.db.queries import get_job
 from dermbatch.db.registry import bundle_for
 from dermbatch.model.classifier import Classifier, configure_tensorflow
 from dermbatch.producer.jobs import JobPlan
@@ -23,6 +27,25 @@ def load_classifier(model_version_id: int, settings: Settings) -> Classifier:
         row = session.get(ModelVersion, model_version_id)
         bundle = bundle_for(row)
     return Classifier(bundle)
+
+
+def plan_pending(job_ref: str, settings: Settings, batch_size: int | None = None) -> JobPlan:
+    """Return a plan over the still-pending images of an existing job, to finish it in this process."""
+    with session_scope(settings.database_url) as session:
+        job = get_job(session, job_ref)
+        image_ids = list(session.scalars(
+            select(Image.id).where(Image.job_id == job.id, Image.status == ImageStatus.PENDING).order_by(Image.id)
+        ))
+        size = batch_size or job.batch_size
+        if not image_ids:
+            store.finish_job_if_complete(session, job.id)
+        return JobPlan(
+            job_id=job.id,
+            model_version_id=job.model_version_id,
+            model_version=job.model_version.version,
+            force=job.force,
+            batches=[image_ids[start:start + size] for start in range(0, len(image_ids), size)],
+        )
 
 
 def run_job_in_process(
