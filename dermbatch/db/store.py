@@ -6,7 +6,7 @@ changes nothing the second time.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import and_, exists, func, insert, select, update
@@ -93,26 +93,48 @@ def create_job(
     return job
 
 
-def add_images(session: Session, job_id: int, refs: Iterable[ImageRef]) -> list[int]:
-    """Insert a job's image rows in chunks and return their ids in listing order."""
+def add_images(
+    session: Session, job_id: int, refs: Iterable[ImageRef], *, links: Mapping[str, int] | None = None
+) -> list[int]:
+    """Insert a job's image rows in chunks and return the ids of the pending ones in listing order.
+
+    `links` maps URIs to existing prediction ids: those images are inserted as done,
+    linked to their prediction, and left out of the returned ids.
+    """
+    links = links or {}
     ids: list[int] = []
-    chunk: list[dict] = []
+    pending: list[dict] = []
+    linked: list[dict] = []
     for ref in refs:
-        chunk.append(
-            {"job_id": job_id, "uri": ref.uri, "size_bytes": ref.size_bytes, "content_hash": ref.content_hash,
-             "status": ImageStatus.PENDING, "attempts": 0, "updated_at": utcnow()}
-        )
-        if len(chunk) >= INSERT_CHUNK:
-            ids.extend(_insert_images(session, chunk))
-            chunk = []
-    if chunk:
-        ids.extend(_insert_images(session, chunk))
+        row = {"job_id": job_id, "uri": ref.uri, "size_bytes": ref.size_bytes, "content_hash": ref.content_hash,
+               "status": ImageStatus.PENDING, "attempts": 0, "updated_at": utcnow()}
+        prediction_id = links.get(ref.uri)
+        if prediction_id is None:
+            pending.append(row)
+        else:
+            linked.append({**row, "status": ImageStatus.DONE, "prediction_id": prediction_id})
+        if len(pending) >= INSERT_CHUNK:
+            ids.extend(_insert_images(session, pending))
+            pending = []
+        if len(linked) >= INSERT_CHUNK:
+            session.execute(insert(Image), linked)
+            linked = []
+    if pending:
+        ids.extend(_insert_images(session, pending))
+    if linked:
+        session.execute(insert(Image), linked)
     return ids
 
 
 def _insert_images(session: Session, rows: list[dict]) -> list[int]:
     result = session.execute(insert(Image).returning(Image.id, sort_by_parameter_order=True), rows)
     return [row.id for row in result]
+
+
+def max_pending_attempts(session: Session, job_id: int, image_ids: Sequence[int]) -> int:
+    """Return the most deliveries any still-pending image of a batch has had (0 when none is pending)."""
+    condition = and_(Image.job_id == job_id, Image.id.in_(image_ids), Image.status == ImageStatus.PENDING)
+    return session.scalar(select(func.coalesce(func.max(Image.attempts), 0)).where(condition)) or 0
 
 
 def claim_pending(session: Session, job_id: int, image_ids: Sequence[int]) -> list[PendingImage]:
@@ -230,6 +252,14 @@ def mark_job_running(session: Session, job_id: int, total_images: int) -> None:
     session.execute(
         update(Job).where(Job.id == job_id).values(status=JobStatus.RUNNING, total_images=total_images,
                                                     started_at=utcnow())
+    )
+
+
+def mark_job_failed(session: Session, job_id: int, message: str) -> None:
+    """Mark a job failed with the reason; its batches already queued still run, but it never becomes done."""
+    session.execute(
+        update(Job).where(Job.id == job_id).values(status=JobStatus.FAILED, error_message=message,
+                                                    finished_at=utcnow())
     )
 
 

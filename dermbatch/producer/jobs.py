@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from dermbatch.db import store
 from dermbatch.db.engine import session_scope
@@ -16,6 +18,8 @@ from dermbatch.sources.folder import list_folder
 from dermbatch.sources.uri import is_s3_uri
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,30 @@ def list_source(source: str, settings: Settings) -> Iterator[store.ImageRef]:
     return list_folder(Path(source))
 
 
+def list_images_or_raise(source: str, settings: Settings) -> Iterator[store.ImageRef]:
+    """List a source like `list_source`, but raise SourceNotFoundError before yielding when it has no image.
+
+    The first listing page is fetched here, so a missing folder or bucket, wrong
+    credentials and an empty prefix all fail before any job is recorded.
+    """
+    images = iter(list_source(source, settings))
+    first = next(images, None)
+    if first is None:
+        raise SourceNotFoundError(f"no JPEG or PNG images found under {source}; check the path or prefix")
+    return itertools.chain([first], images)
+
+
+def chunked(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """Yield lists of `size` consecutive items, the last one shorter if needed."""
+    iterator = iter(items)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
+
+
+def split_batches(image_ids: list[int], batch_size: int) -> list[list[int]]:
+    return [image_ids[start:start + batch_size] for start in range(0, len(image_ids), batch_size)]
+
+
 def source_uri(source: str) -> str:
     """Return the form of a source stored with its job: the s3:// URI, or the absolute folder path."""
     return source if is_s3_uri(source) else str(Path(source).absolute())
@@ -57,23 +85,19 @@ def create_job(
     leaves no half-recorded job behind.
     """
     batch_size = batch_size or settings.batch_size
-    images = list_source(source, settings)
+    images = list_images_or_raise(source, settings)
     with session_scope(settings.database_url) as session:
         version = resolve_model_version(session, settings, model_version)
         job = store.create_job(session, source_uri=source_uri(source), model_version_id=version.id,
                                batch_size=batch_size, force=force, mode=mode)
         image_ids = store.add_images(session, job.id, images)
-        if not image_ids:
-            raise SourceNotFoundError(
-                f"no JPEG or PNG images found under {source}; check the path or prefix"
-            )
         store.mark_job_running(session, job.id, len(image_ids))
         plan = JobPlan(
             job_id=job.id,
             model_version_id=version.id,
             model_version=version.version,
             force=force,
-            batches=[image_ids[start:start + batch_size] for start in range(0, len(image_ids), batch_size)],
+            batches=split_batches(image_ids, batch_size),
         )
     logger.info("recorded job %d: %d images from %s in %d batches, model %s",
                 plan.job_id, plan.total_images, source, len(plan.batches), plan.model_version)
