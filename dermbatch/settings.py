@@ -70,6 +70,9 @@ class Settings(BaseSettings):
     data_dir: Path | None = Field(
         None, description="HAM10000-layout folder the scheduled retrain trains on."
     )
+    weights_dir: Path | None = Field(
+        None, description="Folder holding the ImageNet backbone weights files that training starts from."
+    )
 
 
 @lru_cache(maxsize=1)
