@@ -1,4 +1,4 @@
-"""`dermbatch train`, `evaluate`, `retrain`, `split`, `labels import` and `data link-full-resolution`."""
+"""`dermbatch train`, `evaluate`, `evaluate-job`, `retrain`, `split`, `labels import`, `data link-full-resolution`."""
 
 from __future__ import annotations
 
@@ -88,6 +88,28 @@ def evaluate(
         write_metadata(bundle.path, bundle.metadata)
         _store_registry_metrics(bundle.version, bundle.metadata.sha256, metrics)
         console.print(f"stored the metrics in {bundle.path / 'model.json'}")
+
+
+def evaluate_job(
+    job: str = typer.Argument(..., help="Job id, or latest."),
+    diagnoses: Path = typer.Argument(..., help="CSV with image_id and dx columns, such as HAM10000_metadata.csv."),
+    out: Path = typer.Option(None, "--out", help="Folder for metrics.json, confusion_matrix.png and roc_curves.png."),
+) -> None:
+    """Score a finished classify job against known diagnoses, matching file names to image ids."""
+    from dermbatch.db.engine import session_scope
+    from dermbatch.training.evaluate import write_plots
+    from dermbatch.training.job_scoring import read_diagnoses, score_job
+
+    settings = get_settings()
+    with session_scope(settings.database_url) as session:
+        metrics, labels, probabilities, class_names = score_job(session, job, read_diagnoses(diagnoses))
+    print_metrics(metrics, title=f"job {metrics['job_id']}: {metrics['n_images']} images with a diagnosis")
+    console.print(f"{metrics['unmatched']} images without a diagnosis and {metrics['errors']} failed images left out")
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+        for path in write_plots(labels, probabilities, class_names, out):
+            console.print(f"wrote {path}")
 
 
 def retrain() -> None:
@@ -220,6 +242,7 @@ def _fmt(value) -> str:
 def register(app: typer.Typer) -> None:
     app.command("train")(train)
     app.command("evaluate")(evaluate)
+    app.command("evaluate-job")(evaluate_job)
     app.command("retrain")(retrain)
     app.command("split")(split)
     app.add_typer(labels_app, name="labels")

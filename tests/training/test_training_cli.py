@@ -98,3 +98,19 @@ def test_evaluate_writes_metrics_and_plots(tiny_bundle_dir, synthetic_dir, synth
     assert {"accuracy", "balanced_accuracy", "macro_auc", "ece", "per_class", "melanoma"} <= metrics.keys()
     assert (out / "confusion_matrix.png").is_file()
     assert (out / "roc_curves.png").is_file()
+
+
+def test_evaluate_job_scores_classified_images(embedded_env, synthetic_dir, tmp_path):
+    classified = runner.invoke(app, ["classify", str(synthetic_dir / "images")])
+    assert classified.exit_code == 0, classified.output
+    out = tmp_path / "job-scores"
+
+    result = runner.invoke(app, ["evaluate-job", "latest", str(synthetic_dir / "HAM10000_metadata.csv"),
+                                 "--out", str(out)])
+
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n_images"] == 7 * 27
+    assert metrics["unmatched"] == 0
+    assert metrics["errors"] == 0
+    assert 0.0 <= metrics["balanced_accuracy"] <= 1.0
