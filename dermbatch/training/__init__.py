@@ -1,5 +1,5 @@
 """Training, evaluation and scheduled retraining of HAM10000 classifiers.
 
-Every module here reuses `dermbatch.model.preprocess`, so a trained model sees the same
-pixels at training time as the workers give it at inference time.
+Every module here reuses `dermbatch.model.preprocess`, so a model is trained on the same
+pixels that the workers pass to it at inference time.
 """

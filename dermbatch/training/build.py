@@ -13,7 +13,7 @@ import keras
 
 from dermbatch.model.contract import ModelContract
 
-#: Backbones `build_model` knows, and the pixel scaling each expects.
+#: Backbones that `build_model` builds, and the pixel scaling each expects.
 BACKBONES = {"mobilenetv2": "symmetric", "small-cnn": "symmetric"}
 
 #: The ImageNet weights file of MobileNetV2 alpha 0.35 without its top, read from a local path.

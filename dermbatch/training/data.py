@@ -173,7 +173,7 @@ def decode_dataset(
 
 
 def model_inputs(pixels: np.ndarray, contract: ModelContract) -> np.ndarray:
-    """Scale uint8 pixels to float32 model inputs as the contract says."""
+    """Scale uint8 pixels to float32 model inputs with the contract's pixel scaling."""
     return scale_pixels(pixels, contract.pixel_scaling)
 
 

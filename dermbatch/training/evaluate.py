@@ -34,7 +34,7 @@ ROC_CURVES_PNG = "roc_curves.png"
 
 
 def predict_probabilities(model, pixels: np.ndarray, contract: ModelContract) -> np.ndarray:
-    """Return the model's probabilities for uint8 pixels, scaled as the contract says, in chunks."""
+    """Return the model's probabilities for uint8 pixels, scaled by the contract's pixel scaling, in chunks."""
     if len(pixels) == 0:
         return np.zeros((0, len(contract.labels)), dtype=np.float64)
     chunks = []

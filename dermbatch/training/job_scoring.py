@@ -19,7 +19,7 @@ def read_diagnoses(path: Path) -> dict[str, str]:
     with Path(path).open(newline="", encoding="utf-8-sig") as stream:
         reader = csv.DictReader(stream)
         columns = reader.fieldnames or []
-        diagnosis_column = "dx" if "dx" in columns else "diagnosis" if "diagnosis" in columns else None
+        diagnosis_column = next((name for name in ("dx", "diagnosis") if name in columns), None)
         if "image_id" not in columns or diagnosis_column is None:
             raise DermbatchError(f"{path} needs image_id and dx (or diagnosis) columns; found {', '.join(columns)}")
         return {row["image_id"]: row[diagnosis_column] for row in reader}

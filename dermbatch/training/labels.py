@@ -90,8 +90,8 @@ def labelled_images(labels: list[Label], data_dir: Path | None, split_rows: list
 
 def resolve_image_ref(image_ref: str, image_dir: Path | None) -> Path | None:
     """Return the local file of an image reference (a path, a file:// URI or a HAM10000 image id), or None."""
-    # NOTE: s3:// references are not read here; labels for images in a bucket are left out of
-    # retraining until the training data loader reads through dermbatch.sources.
+    # NOTE: s3:// and other remote references are not read here. Labels of images in a bucket
+    # are counted as unresolved and left out of retraining.
     parsed = urlparse(image_ref)
     if parsed.scheme == "file":
         candidate = Path(unquote(parsed.path))

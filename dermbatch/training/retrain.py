@@ -2,7 +2,7 @@
 
 `run_scheduled_retrain(settings)` is the whole decision, for a Celery beat task on the
 `training` queue or for `dermbatch retrain`. Every call records one `training_runs` row whose
-status is one of `TrainingRunStatus` and whose reason says why.
+status is one of `TrainingRunStatus` and whose reason explains the decision.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ class TrainingRunStatus:
     PROMOTED = "promoted"
     #: The challenger was worse on balanced accuracy or melanoma recall; it stays registered as rejected.
     REJECTED = "rejected"
-    #: An error stopped the run; the reason holds it, and the next run retries the same labels.
+    #: An error stopped the run. The reason contains the error, and the next run retries the same labels.
     FAILED = "failed"
 
 
@@ -88,6 +88,7 @@ def _start_run(session: Session, settings: Settings) -> tuple[TrainingRun, list[
             TrainingRun.status.in_([TrainingRunStatus.PROMOTED, TrainingRunStatus.REJECTED])
         )
     ) or 0
+
     newest = session.scalar(select(func.max(Label.id))) or 0
     new_labels = session.scalar(select(func.count(Label.id)).where(Label.id > last_decided)) or 0
     running = session.scalar(
@@ -98,6 +99,7 @@ def _start_run(session: Session, settings: Settings) -> tuple[TrainingRun, list[
     )
     run = TrainingRun(status=TrainingRunStatus.RUNNING, new_labels=new_labels, last_label_id=newest)
     session.add(run)
+
     if running is not None:
         _finish(run, TrainingRunStatus.SKIPPED, f"retrain run {running.id} is still running")
     elif new_labels < settings.labels_min_new:
@@ -109,6 +111,7 @@ def _start_run(session: Session, settings: Settings) -> tuple[TrainingRun, list[
     if run.status != TrainingRunStatus.RUNNING:
         run.last_label_id = last_decided or None
     session.flush()
+
     labels = list(session.scalars(select(Label).where(Label.id <= newest).order_by(Label.id)))
     session.expunge_all()
     return run, labels

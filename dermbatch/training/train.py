@@ -144,7 +144,7 @@ def tune_class_bias(
     """Find per-class log-probability offsets that maximise the mean of balanced accuracy and accuracy.
 
     Class weights trade accuracy on `nv` for recall on rare classes by an amount fixed before
-    training; these offsets set the trade-off on held-out images instead. Adding offset d_c to
+    training. These offsets set that trade-off on held-out images instead. Adding offset d_c to
     the output layer's bias multiplies class c's probability by exp(d_c) before renormalising.
     The search is coordinate ascent over a grid, a few rounds over the classes.
     """
