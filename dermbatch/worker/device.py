@@ -41,6 +41,9 @@ class WorkerPlan:
     memory_growth: bool
     #: CUDA_VISIBLE_DEVICES of each process by pool index; empty on CPU.
     visible_devices: tuple[str, ...] = ()
+    #: DERMBATCH_DEVICE as set. With "auto", a GPU plan falls back to the CPU when TensorFlow
+    #: finds no GPU, as a CPU-only TensorFlow build on a machine with GPUs does.
+    requested_device: Literal["auto", "cpu", "gpu"] | None = None
 
     def process_environment(self, index: int) -> dict[str, str]:
         """Return the environment variables that pool process `index` sets before TensorFlow starts."""
@@ -114,7 +117,7 @@ def _plan_cpu(settings: Settings, cpu_count: int) -> WorkerPlan:
         logger.warning("%d processes x %d TensorFlow threads exceed the %d cores; expect contention",
                        processes, tf_threads, cpu_count)
     return WorkerPlan(device="cpu", processes=processes, tf_threads=tf_threads,
-                      batch_size=settings.batch_size, memory_growth=False)
+                      batch_size=settings.batch_size, memory_growth=False, requested_device=settings.device)
 
 
 def _plan_gpu(settings: Settings, cpu_count: int, gpu_ids: tuple[str, ...]) -> WorkerPlan:
@@ -125,7 +128,7 @@ def _plan_gpu(settings: Settings, cpu_count: int, gpu_ids: tuple[str, ...]) -> W
     visible_devices = tuple(gpu_ids[index % len(gpu_ids)] for index in range(processes))
     return WorkerPlan(device="gpu", processes=processes, tf_threads=tf_threads,
                       batch_size=settings.gpu_batch_size, memory_growth=True,
-                      visible_devices=visible_devices)
+                      visible_devices=visible_devices, requested_device=settings.device)
 
 
 def visible_gpu_ids(
@@ -186,7 +189,12 @@ def apply_process_plan(plan: WorkerPlan, index: int) -> str:
     from dermbatch.model.classifier import configure_tensorflow
 
     os.environ.update(plan.process_environment(index))
-    return configure_tensorflow(intra_op_threads=plan.tf_threads, device=plan.device)
+    device = "auto" if plan.requested_device == "auto" else plan.device
+    in_use = configure_tensorflow(intra_op_threads=plan.tf_threads, device=device)
+    if in_use != plan.device:
+        logger.warning("nvidia-smi lists a GPU but TensorFlow finds none (a CPU-only TensorFlow build?); pool "
+                       "process %d runs on the CPU with %d threads", index, plan.tf_threads)
+    return in_use
 
 
 def plan_for_this_machine(settings: Settings) -> WorkerPlan:

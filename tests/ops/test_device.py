@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from dermbatch.errors import ConfigurationError
 from dermbatch.settings import Settings
-from dermbatch.worker.device import WorkerPlan, count_gpus, plan_worker, visible_gpu_ids
+from dermbatch.worker.device import WorkerPlan, apply_process_plan, count_gpus, plan_worker, visible_gpu_ids
 
 
 def make_settings(**values) -> Settings:
@@ -123,3 +125,42 @@ def test_visible_gpu_ids_cases(visible, listed, expected):
 
     assert visible_gpu_ids(environ, lambda: listed) == expected
     assert count_gpus(environ, lambda: listed) == len(expected)
+
+
+@pytest.mark.parametrize("requested,cores,gpus", [("auto", 8, 1), ("gpu", 8, 1), ("cpu", 8, 0), ("auto", 8, 0)])
+def test_plan_records_requested_device(requested, cores, gpus):
+    plan = plan_worker(make_settings(device=requested), cores, gpus)
+
+    assert plan.requested_device == requested
+
+
+def test_apply_process_plan_auto_falls_back_to_cpu(monkeypatch):
+    # TensorFlow here is a CPU-only build, like a machine whose nvidia-smi lists a GPU
+    # that TensorFlow cannot use.
+    import dermbatch.model.classifier as classifier
+
+    calls = []
+    monkeypatch.setattr(classifier, "configure_tensorflow",
+                        lambda intra_op_threads, device: calls.append((intra_op_threads, device)) or "cpu")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    plan = plan_worker(make_settings(device="auto"), 8, 1)
+
+    device = apply_process_plan(plan, 0)
+
+    assert device == "cpu"
+    assert calls == [(8, "auto")]
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "0"
+
+
+def test_apply_process_plan_gpu_stays_strict(monkeypatch):
+    import dermbatch.model.classifier as classifier
+
+    calls = []
+    monkeypatch.setattr(classifier, "configure_tensorflow",
+                        lambda intra_op_threads, device: calls.append(device) or device)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+
+    apply_process_plan(plan_worker(make_settings(device="gpu"), 8, 2), 1)
+
+    assert calls == ["gpu"]
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "1"
