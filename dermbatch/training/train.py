@@ -126,6 +126,9 @@ def train_model(
     model.fit(batches, epochs=config.epochs, callbacks=[tracker], verbose=2)
 
     tracker.restore_best(model)
+    # Inference never reads the optimizer state, and saving it would triple the bundle's size.
+    model.optimizer = None
+
     bias = None
     if config.tune_bias and len(validation_labels):
         probabilities = predict_probabilities(model, validation_pixels, contract)
