@@ -35,7 +35,8 @@ class WorkerPlan:
     processes: int
     #: TensorFlow intra-op threads per process.
     tf_threads: int
-    #: Images per forward pass.
+    #: Images per forward pass: DERMBATCH_BATCH_SIZE on CPU, DERMBATCH_GPU_BATCH_SIZE on GPU.
+    #: NOTE: the worker only logs it so far, and its forward pass is as large as each message.
     batch_size: int
     #: Whether TensorFlow allocates GPU memory as needed instead of taking the whole card.
     memory_growth: bool
