@@ -26,7 +26,7 @@ def train(
     out: Path = typer.Option(None, "--out", help="Bundle folder to write; default: DERMBATCH_MODELS_DIR/VERSION."),
     version: str = typer.Option(None, "--version", help="Model version name; default: ham10000-BACKBONE-SIZE-TIMESTAMP."),
     backbone: str = typer.Option("mobilenetv2", "--backbone", help="mobilenetv2 (ImageNet transfer learning) or small-cnn."),
-    epochs: int = typer.Option(None, "--epochs", min=0, help="Fine-tuning epochs (all epochs for small-cnn); default 20."),
+    epochs: int = typer.Option(None, "--epochs", min=0, help="Fine-tuning epochs (all epochs for small-cnn); default 25."),
     head_epochs: int = typer.Option(None, "--head-epochs", min=0, help="Epochs with the backbone frozen; default 3."),
     input_size: int = typer.Option(None, "--input-size", min=32, help="Square input side in pixels; default 160."),
     batch_size: int = typer.Option(None, "--batch-size", min=1, help="Images per gradient step; default 32."),

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import keras
 
+from dermbatch.errors import ConfigurationError
 from dermbatch.model.contract import ModelContract
 
 #: Backbones that `build_model` builds, and the pixel scaling each expects.
@@ -120,11 +121,11 @@ def unfreeze(backbone: keras.Model, *, trainable_from: int = 0) -> None:
 
 def _weights_path(weights_dir: Path | None) -> Path:
     if weights_dir is None:
-        raise FileNotFoundError(
+        raise ConfigurationError(
             f"MobileNetV2 needs its ImageNet weights file {MOBILENETV2_WEIGHTS_FILE}; pass the folder holding it "
             "(--weights-dir or DERMBATCH_WEIGHTS_DIR)"
         )
     path = Path(weights_dir) / MOBILENETV2_WEIGHTS_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"ImageNet weights file {path} does not exist; nothing is downloaded")
+        raise ConfigurationError(f"ImageNet weights file {path} does not exist; nothing is downloaded")
     return path

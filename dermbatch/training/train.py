@@ -39,7 +39,7 @@ class TrainConfig:
     #: Epochs with the backbone frozen, training only the new head (MobileNetV2 only).
     head_epochs: int = 3
     #: Epochs of fine-tuning the whole network (for the small CNN: all its epochs).
-    epochs: int = 20
+    epochs: int = 25
     #: Images per gradient step.
     batch_size: int = 32
     #: Adam learning rate of the head phase.
