@@ -37,6 +37,9 @@ CORRUPT_IMAGE = "corrupt_image"
 
 # Pillow otherwise pads a truncated JPEG with grey and returns it as if it were whole.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
+# `decode_image` applies its own `max_pixels` limit right after reading the header and
+# before decoding any pixel; Pillow's fixed limit would override a larger configured one.
+Image.MAX_IMAGE_PIXELS = None
 
 _RESAMPLING = {
     "nearest": Image.Resampling.NEAREST,
@@ -94,8 +97,7 @@ def preprocess_image(data: bytes, contract: ModelContract, *, max_pixels: int = 
 
 def _open(data: bytes, max_pixels: int) -> Image.Image:
     with warnings.catch_warnings():
-        # Pillow warns above its own MAX_IMAGE_PIXELS and raises above twice that;
-        # this module applies `max_pixels` itself, so both are handled below.
+        # Only reached if other code restored Pillow's own limit, which `max_pixels` replaces.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
             image = Image.open(io.BytesIO(data))
