@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     metrics_port: int | None = Field(
         None, ge=1, le=65535, description="Port for a worker's Prometheus metrics; None disables them."
     )
+    metrics_address: str = Field(
+        "127.0.0.1", description="Address the metrics port binds; 0.0.0.0 inside a container that Prometheus scrapes."
+    )
     labels_min_new: int = Field(1, ge=1, description="New confirmed labels needed before a retrain runs.")
     retrain_interval_s: float = Field(86400.0, gt=0, description="Seconds between scheduled retrain checks.")
     data_dir: Path | None = Field(

@@ -11,6 +11,7 @@ import typer
 from rich.markup import escape
 from dermbatch.cli.console import error_console
 from dermbatch.errors import DermbatchError
+from dermbatch.logredact import install_redaction
 
 app = typer.Typer(
     help="Classify dermatoscopic images in bulk into the seven HAM10000 classes. "
@@ -35,6 +36,7 @@ COMMAND_MODULES = (
 def _configure(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at DEBUG level.")) -> None:
     level = logging.DEBUG if verbose else logging.getLevelName(os.environ.get("DERMBATCH_LOG_LEVEL", "WARNING"))
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    install_redaction()
 
 
 def _register_commands() -> None:

@@ -168,8 +168,7 @@ def start_metrics_server(settings: Settings, *, address: str | None = None) -> i
     """
     if settings.metrics_port is None:
         return None
-    # NOTE: Settings has no metrics address yet; a `metrics_address` field, when added, is used.
-    address = address or getattr(settings, "metrics_address", None) or DEFAULT_METRICS_ADDRESS
+    address = address or settings.metrics_address or DEFAULT_METRICS_ADDRESS
 
     multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if multiprocess_dir:
