@@ -201,8 +201,8 @@ def retrain_task() -> None:
     # next beat tick.
     from dermbatch.training.retrain import run_scheduled_retrain
 
-    outcome = run_scheduled_retrain(get_settings())
-    logger.info("scheduled retrain finished: %s", outcome)
+    run = run_scheduled_retrain(get_settings())
+    logger.info("scheduled retrain run %s ended %s: %s", run.id, run.status, run.reason)
 
 
 def _process_state() -> _ProcessState:
