@@ -19,7 +19,7 @@ class InvalidImageError(DermbatchError):
 
 
 class ImageReadError(DermbatchError):
-    """An image could not be read from its source; `transient` says whether a retry may help."""
+    """An image could not be read from its source; `transient` is True when a retry may succeed."""
 
     def __init__(self, message: str, *, transient: bool) -> None:
         super().__init__(message)
@@ -35,7 +35,7 @@ class ModelContractError(DermbatchError):
 
 
 class SourceNotFoundError(DermbatchError):
-    """A folder, bucket or prefix to classify does not exist or holds no images."""
+    """A folder, bucket or prefix to classify does not exist or contains no images."""
 
 
 class SourceAccessError(DermbatchError):

@@ -74,7 +74,7 @@ class Settings(BaseSettings):
         None, description="HAM10000-layout folder the scheduled retrain trains on."
     )
     weights_dir: Path | None = Field(
-        None, description="Folder holding the ImageNet backbone weights files that training starts from."
+        None, description="Folder containing the ImageNet backbone weights files that training starts from."
     )
 
 

@@ -41,7 +41,7 @@ class JobStatus:
     RUNNING = "running"
     #: Every image has a prediction or an error.
     DONE = "done"
-    #: Listing or enqueueing failed; `jobs.error_message` says why.
+    #: Listing or enqueueing failed, for the reason in `jobs.error_message`.
     FAILED = "failed"
 
 
@@ -52,7 +52,7 @@ class ImageStatus:
     PENDING = "pending"
     #: Linked to a prediction.
     DONE = "done"
-    #: Could not be classified; `error_reason` and `error_message` say why.
+    #: Could not be classified, for the reason in `error_reason` and `error_message`.
     ERROR = "error"
 
 

@@ -267,7 +267,7 @@ def finish_job_if_complete(session: Session, job_id: int) -> bool:
     """Mark a running job done when no image is pending; return whether this call did it.
 
     Each batch calls this after committing its own writes, so whichever batch commits last
-    sees every other batch's rows and finishes the job.
+    reads every other batch's rows and finishes the job.
     """
     pending = exists().where(Image.job_id == job_id, Image.status == ImageStatus.PENDING)
     result = session.execute(

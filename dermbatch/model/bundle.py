@@ -189,7 +189,7 @@ def _load_checked_model(bundle: ModelBundle) -> keras.Model:
         height, width = input_shape[1], input_shape[2]
         if (height, width) != (None, None) and (height, width) != bundle.contract.input_size:
             raise ModelContractError(
-                f"model {bundle.path} takes {height}x{width} inputs but its contract says "
+                f"model {bundle.path} takes {height}x{width} inputs but its contract states "
                 f"{bundle.contract.input_height}x{bundle.contract.input_width}"
             )
     return model

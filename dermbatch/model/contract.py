@@ -23,11 +23,11 @@ RESIZE_METHODS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
 #: (x / 127.5 - 1, as keras.applications.mobilenet_v2.preprocess_input does), "none" keeps 0..255.
 PIXEL_SCALINGS = ("unit", "symmetric", "none")
 
-#: How an image's aspect ratio is fitted to the input: "stretch" resizes the whole frame,
-#: "center_crop" crops the largest centred region of the input's aspect ratio first.
+#: Aspect-ratio handling: "stretch" resizes the whole frame, and "center_crop" first crops
+#: the largest centred region that has the input's aspect ratio.
 FIT_MODES = ("stretch", "center_crop")
 
-#: What the model's last layer emits: probabilities (softmax applied) or logits.
+#: Kinds of output of the model's last layer: probabilities (softmax applied) or logits.
 OUTPUT_KINDS = ("probabilities", "logits")
 
 

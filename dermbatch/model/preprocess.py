@@ -20,8 +20,8 @@ from dermbatch.model.contract import ModelContract
 #: Formats that are classified; MPO is the multi-picture JPEG some cameras write.
 SUPPORTED_FORMATS = frozenset({"JPEG", "MPO", "PNG"})
 
-#: Modes converted to RGB; anything else (16-bit, 32-bit, float, CMYK, LAB) is rejected
-#: because a plain conversion would change the colours the model sees.
+#: Modes converted to RGB. Other modes (16-bit, 32-bit, float, CMYK, LAB) are rejected
+#: because a plain conversion would change the colours given to the model.
 SUPPORTED_MODES = frozenset({"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX"})
 
 #: Modes with an alpha channel, composited onto black (the colour of a dermatoscope's vignette).

@@ -19,8 +19,8 @@ def list_folder(folder: Path) -> Iterator[ImageRef]:
     """Check that the folder exists, then return an iterator over its images, recursively, in sorted order.
 
     A file is listed if its content starts like a JPEG or PNG, or if its name has an image
-    extension; the second rule lets broken, unreadable and other-format images end as
-    errors that name the problem instead of being skipped silently. Symbolic links to
+    extension. The second rule makes broken, unreadable and other-format images end as
+    errors that name the problem, instead of being skipped silently. Symbolic links to
     folders are not followed.
     """
     folder = Path(folder)

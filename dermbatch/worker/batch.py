@@ -1,8 +1,8 @@
 """The batch function: read, decode, one forward pass, one transaction of results.
 
-`dermbatch classify` calls it in-process and the Celery task calls it in a worker; both get
-the same exactly-once behaviour because every write is idempotent and only pending images
-are touched.
+`dermbatch classify` calls it in-process and the Celery task calls it in a worker. Both get
+the same exactly-once behaviour, because every write is idempotent and only pending images
+are changed.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ class TransientBatchError(Exception):
 
 @dataclass
 class BatchResult:
-    """What one call of `classify_batch` did."""
+    """Counts and timing of one call of `classify_batch`."""
 
     job_id: int
     claimed: int = 0
