@@ -39,8 +39,10 @@ def test_decode_applies_exif_orientation(orientation):
     pixels = decode_image(exif_rotated_jpeg(orientation), contract)
 
     top, bottom = pixels[5, 20], pixels[55, 20]
-    assert top[0] > 200 and top[2] < 60, f"top should be red, got {top}"
-    assert bottom[2] > 200 and bottom[0] < 60, f"bottom should be blue, got {bottom}"
+    assert top[0] > 200, f"top should be red, got {top}"
+    assert top[2] < 60, f"top should be red, got {top}"
+    assert bottom[2] > 200, f"bottom should be blue, got {bottom}"
+    assert bottom[0] < 60, f"bottom should be blue, got {bottom}"
 
 
 def test_decode_composites_transparency_on_black():
@@ -96,4 +98,5 @@ def test_preprocess_image_applies_contract_scaling():
     inputs = preprocess_image(jpeg_bytes(lesion_like()), contract)
 
     assert inputs.dtype == np.float32
-    assert 0.0 <= inputs.min() and inputs.max() <= 1.0
+    assert inputs.min() >= 0.0
+    assert inputs.max() <= 1.0
