@@ -15,10 +15,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from celery import Celery
+from kombu.exceptions import OperationalError as BrokerOperationalError
 
 from dermbatch.db import store
 from dermbatch.db.engine import session_scope
 from dermbatch.db.registry import resolve_model_version
+from dermbatch.errors import DermbatchError
+from dermbatch.logredact import redact
 from dermbatch.producer.jobs import chunked, list_images_or_raise, source_uri, split_batches
 from dermbatch.settings import Settings
 from dermbatch.worker.celery_app import CLASSIFY_TASK, INFERENCE_QUEUE
@@ -29,6 +32,14 @@ logger = logging.getLogger(__name__)
 SUBMIT_CHUNK = 1024
 #: Mode stored with jobs run by Celery workers.
 DISTRIBUTED_MODE = "distributed"
+
+
+#: Connection attempts to the broker before `submit_job` records anything.
+BROKER_CHECK_RETRIES = 2
+
+
+class BrokerUnavailableError(DermbatchError):
+    """The Celery broker cannot be reached, so batches cannot be queued."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +69,7 @@ def submit_job(
     if app is None:
         from dermbatch.worker.celery_app import app
     batch_size = batch_size or settings.batch_size
+    _check_broker(app, settings)
     images = list_images_or_raise(source, settings)
 
     with session_scope(settings.database_url) as session:
@@ -72,6 +84,12 @@ def submit_job(
         total, linked = _record_and_publish(images, settings, job_id, version_id, force, batch_size, publisher)
         with session_scope(settings.database_url) as session:
             store.mark_job_running(session, job_id, total)
+    except BrokerOperationalError as error:
+        _mark_failed(settings, job_id, error)
+        raise BrokerUnavailableError(
+            f"queueing the batches of job {job_id} failed after {publisher.published} batches ({error}); "
+            f"check that the broker at {redact(settings.broker_url)} is running, then submit again"
+        ) from error
     except BaseException as error:
         _mark_failed(settings, job_id, error)
         raise
@@ -83,6 +101,17 @@ def submit_job(
                 publisher.published)
     return SubmittedJob(job_id=job_id, model_version=version_name, total_images=total, already_classified=linked,
                         batches=publisher.published, done=done)
+
+
+def _check_broker(app: Celery, settings: Settings) -> None:
+    try:
+        with app.connection_for_write() as connection:
+            connection.ensure_connection(max_retries=BROKER_CHECK_RETRIES)
+    except BrokerOperationalError as error:
+        raise BrokerUnavailableError(
+            f"cannot connect to the broker at {redact(settings.broker_url)} ({error}); "
+            "check DERMBATCH_BROKER_URL and that Redis is running"
+        ) from error
 
 
 def _record_and_publish(

@@ -109,30 +109,56 @@ def test_poison_batch_ends_as_errors(distributed_env, full_resolution_folder, wo
     assert all("died 2 times" in message for message in outcome.error_messages), outcome.error_messages
 
 
-def test_s3_outage_during_batch(distributed_env, full_resolution_folder, worker_factory, tmp_path):
+@pytest.fixture()
+def outage_server(tmp_path, full_resolution_folder):
+    """A private S3 server holding 10 images under outage/, which a test may stop and start again."""
     server = S3Server(data_dir=tmp_path / "outage-s3")
     server.start()
     try:
-        bucket = server.create_bucket()
-        server.upload_files(bucket, "outage/", [path.resolve() for path in sorted(full_resolution_folder.iterdir())[:10]])
-        env = {**distributed_env, **server.env(), "DERMBATCH_READ_RETRIES": "6", "DERMBATCH_RETRY_BACKOFF_S": "0.5"}
-        submitted = run_cli(["submit", f"s3://{bucket}/outage/", "--batch-size", "5"], env)
-        assert submitted.returncode == 0, submitted.stderr
-        job_id = job_id_from_output(submitted.stdout)
-
-        server.stop()
-        worker = worker_factory.start(env, concurrency=1)
-        wait_until(lambda: "failed" in worker.log() and "retry 1 of 6" in worker.log(), 180,
-                   "a read fails and is retried")
-        server.start()
-        outcome = wait_for_job(env["DERMBATCH_DATABASE_URL"], job_id, timeout_s=300, workers=[worker])
+        server.bucket = server.create_bucket()
+        images = [path.resolve() for path in sorted(full_resolution_folder.iterdir())[:10]]
+        server.upload_files(server.bucket, "outage/", images)
+        yield server
     finally:
         server.stop()
+
+
+def test_s3_outage_during_batch(distributed_env, outage_server, worker_factory):
+    # One read retry, so that reads give up quickly and the task-level retry runs too.
+    env = {**distributed_env, **outage_server.env(), "DERMBATCH_READ_RETRIES": "1",
+           "DERMBATCH_RETRY_BACKOFF_S": "0.5", "DERMBATCH_TASK_MAX_ATTEMPTS": "6"}
+    submitted = run_cli(["submit", f"s3://{outage_server.bucket}/outage/", "--batch-size", "5"], env)
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = job_id_from_output(submitted.stdout)
+
+    outage_server.stop()
+    worker = worker_factory.start(env, concurrency=1)
+    wait_until(lambda: "attempt 1 of 6 failed" in worker.log(), 180, "a batch attempt fails and is retried")
+    outage_server.start()
+    outcome = wait_for_job(env["DERMBATCH_DATABASE_URL"], job_id, timeout_s=300, workers=[worker])
 
     assert outcome.status == "done"
     assert outcome.done == 10, outcome.error_messages
     assert outcome.errors == 0
     assert outcome.prediction_rows == 10
+    assert "retry 1 of 1" in worker.log()
+
+
+def test_s3_down_for_good_ends_as_errors(distributed_env, outage_server, worker_factory):
+    env = {**distributed_env, **outage_server.env(), "DERMBATCH_READ_RETRIES": "0",
+           "DERMBATCH_RETRY_BACKOFF_S": "0.2", "DERMBATCH_TASK_MAX_ATTEMPTS": "2"}
+    submitted = run_cli(["submit", f"s3://{outage_server.bucket}/outage/"], env)
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = job_id_from_output(submitted.stdout)
+
+    outage_server.stop()
+    worker = worker_factory.start(env, concurrency=1)
+    outcome = wait_for_job(env["DERMBATCH_DATABASE_URL"], job_id, timeout_s=300, workers=[worker])
+
+    assert outcome.status == "done"
+    assert outcome.errors == 10
+    assert outcome.error_reasons == {"read_failed": 10}
+    assert "attempt 1 of 2 failed" in worker.log()
 
 
 @pytest.mark.slow

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from distributed.jobcheck import job_id_from_output, job_outcome, wait_for_job
-from services import run_cli
+from services import free_port, run_cli
 
 ODD_NAMES = ["with space.jpg", "plus+sign.jpg", "ümlaut é.jpg", "日本語.jpeg"]
 
@@ -107,4 +107,15 @@ def test_submit_empty_prefix_is_one_line(distributed_env, s3_server):
 
     assert completed.returncode == 2
     assert "no JPEG or PNG images found" in completed.stderr
+    assert "Traceback" not in completed.stderr
+
+
+def test_submit_unreachable_broker_is_one_line(distributed_env, s3_server):
+    env = {**distributed_env, "DERMBATCH_BROKER_URL": f"redis://:secret-password@127.0.0.1:{free_port()}/0"}
+
+    completed = run_cli(["submit", "s3://any-bucket/prefix/"], env)
+
+    assert completed.returncode == 2
+    assert "cannot connect to the broker" in completed.stderr
+    assert "secret-password" not in completed.stderr
     assert "Traceback" not in completed.stderr
