@@ -3,7 +3,7 @@
 Memory stays constant however large the source: each chunk of listed images is inserted
 and committed, then its batches are published, before the next chunk is listed. Workers
 may finish batches while listing goes on, so the job stays `created` until every batch
-is published; only then does it become `running` with its total, and only a running job
+is published. Only then does it become `running` with its total, and only a running job
 can become `done`.
 """
 

@@ -63,7 +63,7 @@ def s3_client(settings: Settings) -> BaseClient:
 
     Clients are keyed by process id, like database engines, because a connection pool
     must not cross a fork. A client is thread-safe once created, so one serves every
-    read thread; its pool holds at least `settings.read_threads` connections.
+    read thread, and its pool has room for at least `settings.read_threads` connections.
     """
     pool_size = max(10, settings.read_threads + 2)
     key = (os.getpid(), settings.s3_endpoint_url, settings.s3_addressing_style, pool_size)
@@ -133,7 +133,7 @@ def list_s3(uri: str, settings: Settings) -> Iterator[ImageRef]:
 
 
 def read_object(uri: str, settings: Settings) -> tuple[bytes, str]:
-    """Return an object's bytes and ETag; ImageReadError says whether a retry may help.
+    """Return an object's bytes and ETag, or raise ImageReadError marked transient when a retry may help.
 
     Throttling, 5xx responses, timeouts and connection failures are transient. A missing
     key, a missing bucket and denied access are not.

@@ -1,8 +1,8 @@
 """Faults during a job: pool processes and whole workers killed, a poison batch, an S3 outage.
 
 Batches are held in the middle of their reads with a named pipe (FIFO) among the images:
-a worker that opens it blocks until the test writes an image into it, so the test knows
-which batch is running when it kills the process.
+a worker that opens it blocks until the test writes an image into it. The test can then
+kill the process while a known batch is running.
 """
 
 from __future__ import annotations
