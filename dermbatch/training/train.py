@@ -22,7 +22,7 @@ from dermbatch.model.bundle import ModelBundle, save_bundle
 from dermbatch.model.contract import HAM10000_CLASSES, ModelContract
 from dermbatch.training.build import BACKBONES, build_model, unfreeze
 from dermbatch.training.data import DEFAULT_CACHE_DIR, ImageDataset, decode_dataset, load_dataset, model_inputs
-from dermbatch.training.evaluate import balanced_accuracy, evaluate_arrays, predict_probabilities, write_plots
+from dermbatch.training.evaluate import MELANOMA, balanced_accuracy, evaluate_arrays, predict_probabilities, write_plots
 from dermbatch.training.split import DEFAULT_SPLIT_FILE, read_split, select_split, split_sha256
 
 logger = logging.getLogger(__name__)
@@ -56,6 +56,9 @@ class TrainConfig:
     cache_dir: Path | None = DEFAULT_CACHE_DIR
     #: Tune a per-class bias of the output layer on the validation side after training (see `tune_class_bias`).
     tune_bias: bool = True
+    #: Melanoma recall on the validation side that the tuned offsets must reach, as the
+    #: operating point of a triage aid; where no offsets reach it, the highest recall found is kept.
+    min_melanoma_recall: float = 0.75
     #: Resize filter and fit mode written to the contract and used for decoding.
     resize_method: str = "bilinear"
     fit_mode: str = "stretch"
@@ -132,7 +135,8 @@ def train_model(
     bias = None
     if config.tune_bias and len(validation_labels):
         probabilities = predict_probabilities(model, validation_pixels, contract)
-        bias = tune_class_bias(validation_labels, probabilities, len(contract.labels))
+        required = {contract.labels.index(MELANOMA): config.min_melanoma_recall} if MELANOMA in contract.labels else {}
+        bias = tune_class_bias(validation_labels, probabilities, len(contract.labels), min_recall=required)
         add_output_bias(model, bias)
         log(f"output bias tuned on validation: {dict(zip(contract.labels, np.round(bias, 2).tolist()))}")
     return TrainResult(
@@ -142,20 +146,36 @@ def train_model(
 
 
 def tune_class_bias(
-    labels: np.ndarray, probabilities: np.ndarray, classes: int, *, grid: np.ndarray | None = None, rounds: int = 3
+    labels: np.ndarray,
+    probabilities: np.ndarray,
+    classes: int,
+    *,
+    min_recall: dict[int, float] | None = None,
+    grid: np.ndarray | None = None,
+    rounds: int = 4,
 ) -> np.ndarray:
     """Find per-class log-probability offsets that maximise the mean of balanced accuracy and accuracy.
+
+    `min_recall` maps class indices to a recall the offsets must reach. Offsets that miss it
+    rank below every offset that reaches it, and among themselves by the recall reached.
 
     Class weights trade accuracy on `nv` for recall on rare classes by an amount fixed before
     training. These offsets set that trade-off on held-out images instead. Adding offset d_c to
     the output layer's bias multiplies class c's probability by exp(d_c) before renormalising.
     The search is coordinate ascent over a grid, a few rounds over the classes.
     """
-    grid = np.linspace(-2.0, 2.0, 41) if grid is None else grid
+    grid = np.linspace(-3.0, 3.0, 61) if grid is None else grid
     log_probabilities = np.log(np.clip(probabilities, 1e-12, 1.0))
 
     def score(offsets: np.ndarray) -> float:
         predicted = (log_probabilities + offsets).argmax(axis=1)
+        shortfall = 0.0
+        for index, required in (min_recall or {}).items():
+            positives = labels == index
+            if positives.any():
+                shortfall += max(0.0, required - float((predicted[positives] == index).mean()))
+        if shortfall > 0:
+            return -shortfall
         return 0.5 * balanced_accuracy(labels, predicted, classes) + 0.5 * float((predicted == labels).mean())
 
     offsets = np.zeros(classes)
