@@ -46,6 +46,14 @@ class WorkerOptions:
 
 
 @dataclass
+class _Attempt:
+    """The delivery of a batch that is running: its number among Celery retries, and whether it is the last."""
+
+    number: int
+    final: bool
+
+
+@dataclass
 class _ProcessState:
     settings: Settings
     executor: ThreadPoolExecutor
@@ -129,33 +137,34 @@ def classify_batch_task(self: Task, job_id: int, image_ids: list[int], model_ver
     """
     state = _process_state()
     settings = state.settings
-    attempt = self.request.retries + 1
-    final = attempt >= settings.task_max_attempts
+    attempt = _Attempt(number=self.request.retries + 1,
+                       final=self.request.retries + 1 >= settings.task_max_attempts)
 
     try:
-        return _classify(state, job_id, image_ids, model_version_id, force, final)
+        return _classify(state, job_id, image_ids, model_version_id, force, attempt)
     except Exception as error:
         transient = is_transient(error)
-        if transient and not final:
+        if transient and not attempt.final:
             delay = settings.retry_backoff_s * 2 ** self.request.retries
             logger.warning("job %d batch of %d images: attempt %d of %d failed (%s: %s); retrying in %.1f s",
-                           job_id, len(image_ids), attempt, settings.task_max_attempts, type(error).__name__,
-                           error, delay)
+                           job_id, len(image_ids), attempt.number, settings.task_max_attempts,
+                           type(error).__name__, error, delay)
             raise self.retry(exc=error, countdown=delay, max_retries=None, argsrepr=self.request.argsrepr)
         if not transient:
             logger.error("job %d batch of %d images failed with an unexpected error", job_id, len(image_ids),
                          exc_info=True)
-        message = f"batch failed after {attempt} attempts: {type(error).__name__}: {error}"
+        message = f"batch failed on attempt {attempt.number}: {type(error).__name__}: {error}"
         return _record_failure(self, job_id, image_ids, message, settings)
 
 
 def _classify(state: _ProcessState, job_id: int, image_ids: list[int], model_version_id: int, force: bool,
-              final: bool) -> dict[str, Any]:
+              attempt: _Attempt) -> dict[str, Any]:
     settings = state.settings
 
-    # images.attempts counts deliveries, and only a delivery whose process died leaves it
-    # above task_max_attempts with images still pending, so this stops a batch that kills
-    # its worker every time (out of memory, a crashing decoder) from looping forever.
+    # images.attempts counts deliveries. The last allowed delivery records every image it
+    # claims unless its process dies (or the database fails twice), so pending images past
+    # the limit stop a batch that kills its worker every time (out of memory, a crashing
+    # decoder) from looping forever.
     with session_scope(settings.database_url) as session:
         deliveries = store.max_pending_attempts(session, job_id, image_ids)
     if deliveries >= settings.task_max_attempts:
@@ -165,10 +174,12 @@ def _classify(state: _ProcessState, job_id: int, image_ids: list[int], model_ver
         logger.error("job %d: recorded %d images as batch_failed: %s", job_id, recorded, message)
         return {"job_id": job_id, "claimed": recorded, "errors": recorded}
 
+    # This delivery is the last one allowed, whether earlier ones were retries or died.
+    attempt.final = attempt.final or deliveries + 1 >= settings.task_max_attempts
     classifier = state.classifiers.get(model_version_id)
     result = classify_batch(
         job_id, image_ids, classifier=classifier, model_version_id=model_version_id, settings=settings,
-        executor=state.executor, force=force, final_attempt=final or deliveries + 1 >= settings.task_max_attempts,
+        executor=state.executor, force=force, final_attempt=attempt.final,
     )
     observe_batch(result, classifier.version)
     if result.job_done:

@@ -124,21 +124,22 @@ def outage_server(tmp_path, full_resolution_folder):
 
 
 def test_s3_outage_during_batch(distributed_env, outage_server, worker_factory):
-    # One read retry, so that reads give up quickly and the task-level retry runs too.
+    # One read retry, so that reads give up quickly and the task-level retry runs too. Eight
+    # attempts 1, 2, 4 ... 64 s apart leave over two minutes for the server to come back.
     env = {**distributed_env, **outage_server.env(), "DERMBATCH_READ_RETRIES": "1",
-           "DERMBATCH_RETRY_BACKOFF_S": "0.5", "DERMBATCH_TASK_MAX_ATTEMPTS": "6"}
+           "DERMBATCH_RETRY_BACKOFF_S": "1", "DERMBATCH_TASK_MAX_ATTEMPTS": "8"}
     submitted = run_cli(["submit", f"s3://{outage_server.bucket}/outage/", "--batch-size", "5"], env)
     assert submitted.returncode == 0, submitted.stderr
     job_id = job_id_from_output(submitted.stdout)
 
     outage_server.stop()
     worker = worker_factory.start(env, concurrency=1)
-    wait_until(lambda: "attempt 1 of 6 failed" in worker.log(), 180, "a batch attempt fails and is retried")
+    wait_until(lambda: "attempt 1 of 8 failed" in worker.log(), 180, "a batch attempt fails and is retried")
     outage_server.start()
     outcome = wait_for_job(env["DERMBATCH_DATABASE_URL"], job_id, timeout_s=300, workers=[worker])
 
     assert outcome.status == "done"
-    assert outcome.done == 10, outcome.error_messages
+    assert outcome.done == 10, outcome.error_messages + [worker.log()[-3000:]]
     assert outcome.errors == 0
     assert outcome.prediction_rows == 10
     assert "retry 1 of 1" in worker.log()
