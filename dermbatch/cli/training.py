@@ -94,17 +94,28 @@ def evaluate_job(
     job: str = typer.Argument(..., help="Job id, or latest."),
     diagnoses: Path = typer.Argument(..., help="CSV with image_id and dx columns, such as HAM10000_metadata.csv."),
     out: Path = typer.Option(None, "--out", help="Folder for metrics.json, confusion_matrix.png and roc_curves.png."),
+    split: str = typer.Option(None, "--split", help="Score only images on this side (train, validation, test) of the split."),
+    split_file: Path = typer.Option(None, "--split-file", help=SPLIT_FILE_HELP),
 ) -> None:
     """Score a finished classify job against known diagnoses, matching file names to image ids."""
     from dermbatch.db.engine import session_scope
     from dermbatch.training.evaluate import write_plots
     from dermbatch.training.job_scoring import read_diagnoses, score_job
+    from dermbatch.training.split import DEFAULT_SPLIT_FILE, SPLITS, read_split
+
+    known = read_diagnoses(diagnoses)
+    if split is not None:
+        if split not in SPLITS:
+            raise typer.BadParameter(f"invalid split {split!r}; expected one of {', '.join(SPLITS)}")
+        side = {row.image_id for row in read_split(split_file or DEFAULT_SPLIT_FILE) if row.split == split}
+        known = {image_id: dx for image_id, dx in known.items() if image_id in side}
 
     settings = get_settings()
     with session_scope(settings.database_url) as session:
-        metrics, labels, probabilities, class_names = score_job(session, job, read_diagnoses(diagnoses))
+        metrics, labels, probabilities, class_names = score_job(session, job, known)
     print_metrics(metrics, title=f"job {metrics['job_id']}: {metrics['n_images']} images with a diagnosis")
-    console.print(f"{metrics['unmatched']} images without a diagnosis and {metrics['errors']} failed images left out")
+    console.print(f"{metrics['unmatched']} images without a diagnosis (or outside --split) and "
+                  f"{metrics['errors']} failed images left out")
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")

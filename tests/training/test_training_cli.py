@@ -114,3 +114,20 @@ def test_evaluate_job_scores_classified_images(embedded_env, synthetic_dir, tmp_
     assert metrics["unmatched"] == 0
     assert metrics["errors"] == 0
     assert 0.0 <= metrics["balanced_accuracy"] <= 1.0
+
+
+def test_evaluate_job_split_keeps_one_side(embedded_env, synthetic_dir, synthetic_split, tmp_path):
+    from dermbatch.training.split import read_split
+
+    classified = runner.invoke(app, ["classify", str(synthetic_dir / "images")])
+    assert classified.exit_code == 0, classified.output
+    out = tmp_path / "job-scores"
+
+    result = runner.invoke(app, ["evaluate-job", "latest", str(synthetic_dir / "HAM10000_metadata.csv"),
+                                 "--split", "test", "--split-file", str(synthetic_split), "--out", str(out)])
+
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    test_images = sum(1 for row in read_split(synthetic_split) if row.split == "test")
+    assert metrics["n_images"] == test_images
+    assert metrics["unmatched"] == 7 * 27 - test_images
