@@ -162,9 +162,9 @@ def _classify(state: _ProcessState, job_id: int, image_ids: list[int], model_ver
     settings = state.settings
 
     # images.attempts counts deliveries. The last allowed delivery records every image it
-    # claims unless its process dies (or the database fails twice), so pending images past
-    # the limit stop a batch that kills its worker every time (out of memory, a crashing
-    # decoder) from looping forever.
+    # claims unless its process dies or the database fails twice. Pending images past the
+    # limit therefore mean a batch that kills its worker every time (out of memory, a
+    # crashing decoder), and recording them as errors keeps it from looping forever.
     with session_scope(settings.database_url) as session:
         deliveries = store.max_pending_attempts(session, job_id, image_ids)
     if deliveries >= settings.task_max_attempts:
