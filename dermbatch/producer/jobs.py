@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import logging
+import queue
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +66,45 @@ def chunked(items: Iterable[T], size: int) -> Iterator[list[T]]:
     iterator = iter(items)
     while chunk := list(itertools.islice(iterator, size)):
         yield chunk
+
+
+def prefetch(items: Iterable[T], depth: int = 2) -> Iterator[T]:
+    """Yield the items of an iterable that a background thread produces up to `depth` items ahead.
+
+    Listing the next page of a source then overlaps recording and queueing the current one.
+    An exception raised by the iterable is raised again here, in the consumer.
+    """
+    buffer: queue.Queue = queue.Queue(maxsize=depth)
+    finished = object()
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        buffer.put((item, None), timeout=0.5)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            buffer.put((finished, None))
+        except BaseException as error:  # noqa: BLE001 - handed to the consumer, which raises it
+            buffer.put((finished, error))
+
+    thread = threading.Thread(target=produce, name="prefetch-listing", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = buffer.get()
+            if item is finished:
+                if error is not None:
+                    raise error
+                return
+            yield item
+    finally:
+        stop.set()
 
 
 def split_batches(image_ids: list[int], batch_size: int) -> list[list[int]]:

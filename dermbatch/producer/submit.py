@@ -22,7 +22,7 @@ from dermbatch.db.engine import session_scope
 from dermbatch.db.registry import resolve_model_version
 from dermbatch.errors import DermbatchError
 from dermbatch.logredact import redact
-from dermbatch.producer.jobs import chunked, list_images_or_raise, source_uri, split_batches
+from dermbatch.producer.jobs import chunked, list_images_or_raise, prefetch, source_uri, split_batches
 from dermbatch.settings import Settings
 from dermbatch.worker.celery_app import CLASSIFY_TASK, INFERENCE_QUEUE
 
@@ -121,7 +121,7 @@ def _record_and_publish(
     # Whole batches per chunk, so that only the source's last batch is short.
     chunk_size = batch_size * max(1, math.floor(SUBMIT_CHUNK / batch_size))
     total = linked = 0
-    for chunk in chunked(images, chunk_size):
+    for chunk in prefetch(chunked(images, chunk_size)):
         with session_scope(settings.database_url) as session:
             links = {} if force else _existing_predictions(session, version_id, chunk)
             pending_ids = store.add_images(session, job_id, chunk, links=links)
