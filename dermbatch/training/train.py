@@ -141,7 +141,7 @@ def train_model(
         log(f"output bias tuned on validation: {dict(zip(contract.labels, np.round(bias, 2).tolist()))}")
     return TrainResult(
         model=model, contract=contract, history=tracker.history, best_epoch=tracker.best_epoch,
-        seconds=time.monotonic() - started, output_bias=None if bias is None else bias.tolist(),
+        seconds=time.monotonic() - started, output_bias=None if bias is None else np.round(bias, 4).tolist(),
     )
 
 
