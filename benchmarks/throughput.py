@@ -129,6 +129,19 @@ def child_pids(pid: int) -> list[int]:
         return []
 
 
+def spawned_classify_pids(pid: int) -> list[int]:
+    """Return the classifying children of a `dermbatch classify` process, leaving out multiprocessing's tracker."""
+    found = []
+    for child in child_pids(pid):
+        try:
+            command = Path(f"/proc/{child}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"spawn_main" in command:
+            found.append(child)
+    return found
+
+
 def repeated_folder(folder: Path, count: int) -> list[Path]:
     """Fill `folder` with `count` symbolic links cycling over the 245 full-resolution images."""
     ids = full_resolution_image_ids()
@@ -191,7 +204,8 @@ def run_embedded(folder: Path, model: str, count: int, workdir: Path) -> Measure
     started = time.perf_counter()
     process = subprocess.Popen([DERMBATCH, "classify", str(folder)], env=env, cwd=workdir,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    with RssSampler(lambda: [process.pid], lambda: count_done(database_url, {})) as sampler:
+    # `classify` spawns one process per core; with one, it classifies in its own process.
+    with RssSampler(lambda: spawned_classify_pids(process.pid) or [process.pid], lambda: count_done(database_url, {})) as sampler:
         _, stderr = process.communicate()
     seconds = time.perf_counter() - started
     if process.returncode != 0:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import and_, exists, func, insert, select, text, update
+from sqlalchemy import BigInteger, String, and_, bindparam, exists, func, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -212,26 +212,36 @@ def record_outcomes(
 
     now = utcnow()
     by_id = {outcome.image_id: outcome for outcome in predictions}
+    rows = []
     for image_id, prediction_id in links.items():
         outcome = by_id.get(image_id)
-        values = {"status": ImageStatus.DONE, "prediction_id": prediction_id, "updated_at": now,
-                  "error_reason": None, "error_message": None}
-        if outcome is not None:
-            values.update(content_hash=outcome.content_hash, size_bytes=outcome.size_bytes)
-        session.execute(_pending_image(image_id).values(**values))
-
+        rows.append({"b_id": image_id, "b_status": ImageStatus.DONE, "b_prediction_id": prediction_id,
+                     "b_reason": None, "b_message": None, "b_updated_at": now,
+                     "b_hash": outcome.content_hash if outcome else None,
+                     "b_size": outcome.size_bytes if outcome else None})
     for error in errors:
-        values = {"status": ImageStatus.ERROR, "error_reason": error.reason, "error_message": error.message,
-                  "updated_at": now}
-        if error.content_hash is not None:
-            values["content_hash"] = error.content_hash
-        if error.size_bytes is not None:
-            values["size_bytes"] = error.size_bytes
-        session.execute(_pending_image(error.image_id).values(**values))
+        rows.append({"b_id": error.image_id, "b_status": ImageStatus.ERROR, "b_prediction_id": None,
+                     "b_reason": error.reason, "b_message": error.message, "b_updated_at": now,
+                     "b_hash": error.content_hash, "b_size": error.size_bytes})
+    if rows:
+        # One executemany for the whole batch; each row changes only an image still pending.
+        session.connection().execute(_FINISH_PENDING_IMAGE, rows)
 
 
-def _pending_image(image_id: int):
-    return update(Image).where(Image.id == image_id, Image.status == ImageStatus.PENDING)
+_IMAGES = Image.__table__
+_FINISH_PENDING_IMAGE = (
+    update(_IMAGES)
+    .where(_IMAGES.c.id == bindparam("b_id"), _IMAGES.c.status == ImageStatus.PENDING)
+    .values(
+        status=bindparam("b_status"),
+        prediction_id=bindparam("b_prediction_id"),
+        error_reason=bindparam("b_reason"),
+        error_message=bindparam("b_message"),
+        updated_at=bindparam("b_updated_at"),
+        content_hash=func.coalesce(bindparam("b_hash", type_=String), _IMAGES.c.content_hash),
+        size_bytes=func.coalesce(bindparam("b_size", type_=BigInteger), _IMAGES.c.size_bytes),
+    )
+)
 
 
 def _upsert_predictions(
@@ -266,11 +276,16 @@ def _upsert_class_probabilities(session: Session, dialect_insert, outcomes, link
         for o in outcomes
         for label, probability in o.probabilities.items()
     ]
-    statement = dialect_insert(ClassProbability).values(rows)
-    statement = statement.on_conflict_do_update(
-        index_elements=["prediction_id", "label"], set_={"probability": statement.excluded.probability}
-    )
-    session.execute(statement)
+    # An executemany of one small statement: a multi-row VALUES statement of a batch's
+    # hundreds of rows cost more to compile than to run.
+    session.connection().execute(_UPSERT_CLASS_PROBABILITY, rows)
+
+
+_UPSERT_CLASS_PROBABILITY = text(
+    "INSERT INTO prediction_probabilities (prediction_id, label, probability) "
+    "VALUES (:prediction_id, :label, :probability) "
+    "ON CONFLICT (prediction_id, label) DO UPDATE SET probability = excluded.probability"
+)
 
 
 def mark_job_running(session: Session, job_id: int, total_images: int) -> None:

@@ -58,6 +58,7 @@ class _Loaded:
     image: store.PendingImage
     content_hash: str | None = None
     size_bytes: int | None = None
+    #: Model input of one image: decoded, fitted and scaled as the contract states (float32).
     pixels: np.ndarray | None = None
     error: store.ErrorOutcome | None = None
     transient: bool = False
@@ -177,7 +178,8 @@ def _load(image: store.PendingImage, classifier: Classifier, settings: Settings)
         item.error = _error(item, "file_too_large", message)
         return item
     try:
-        item.pixels = decode_image(data, classifier.contract, max_pixels=settings.max_image_pixels)
+        pixels = decode_image(data, classifier.contract, max_pixels=settings.max_image_pixels)
+        item.pixels = scale_pixels(pixels, classifier.contract.pixel_scaling)
     except InvalidImageError as error:
         item.error = _error(item, error.reason, error.message)
     return item
@@ -203,7 +205,7 @@ def _reusable_predictions(ready: list[_Loaded], model_version_id: int, settings:
 def _predict(items: list[_Loaded], classifier: Classifier) -> list[store.PredictionOutcome]:
     if not items:
         return []
-    inputs = scale_pixels(np.stack([item.pixels for item in items]), classifier.contract.pixel_scaling)
+    inputs = np.stack([item.pixels for item in items])
     probabilities = classifier.predict(inputs)
     labels = classifier.contract.labels
 
