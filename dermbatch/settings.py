@@ -70,6 +70,14 @@ class Settings(BaseSettings):
     )
     labels_min_new: int = Field(1, ge=1, description="New confirmed labels needed before a retrain runs.")
     retrain_interval_s: float = Field(86400.0, gt=0, description="Seconds between scheduled retrain checks.")
+    retrain_config: Path | None = Field(
+        None, description="JSON file of training options (TrainConfig fields) for scheduled retrains; "
+        "None uses the shipped model's recipe.",
+    )
+    split_file: Path | None = Field(
+        None, description="Train/validation/test split CSV for retraining and evaluation; None uses the stored "
+        "HAM10000 split.",
+    )
     data_dir: Path | None = Field(
         None, description="HAM10000-layout folder the scheduled retrain trains on."
     )

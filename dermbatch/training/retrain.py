@@ -7,6 +7,7 @@ status is one of `TrainingRunStatus` and whose reason explains the decision.
 
 from __future__ import annotations
 
+import json
 import logging
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -19,6 +20,7 @@ from dermbatch.db.engine import session_scope
 from dermbatch.db.migrate import upgrade_database
 from dermbatch.db.models import Label, ModelStatus, ModelVersion, TrainingRun, utcnow
 from dermbatch.db.registry import active_version, bundle_for, promote, register_bundle, resolve_model_version
+from dermbatch.errors import ConfigurationError
 from dermbatch.settings import Settings
 from dermbatch.training.split import DEFAULT_SPLIT_FILE, read_split, split_sha256
 
@@ -47,15 +49,18 @@ def run_scheduled_retrain(
     settings: Settings,
     *,
     config=None,
-    split_file: Path = DEFAULT_SPLIT_FILE,
+    split_file: Path | None = None,
     train: Callable[..., Any] | None = None,
 ) -> TrainingRun:
     """Retrain if labels arrived since the last decided run; return the recorded `TrainingRun` row.
 
-    `config` is a `TrainConfig` (default: the shipped model's recipe with `settings.weights_dir`),
-    and `train` replaces `train_bundle` (same arguments), so a test can train a tiny model on a
-    tiny dataset.
+    `config` is a `TrainConfig`; by default it is read from `settings.retrain_config`, or is the
+    shipped model's recipe with `settings.weights_dir`. `split_file` defaults to
+    `settings.split_file`, then to the stored HAM10000 split. `train` replaces `train_bundle`
+    (same arguments), so a test can train a tiny model on a tiny dataset.
     """
+    split_file = split_file or settings.split_file or DEFAULT_SPLIT_FILE
+    config = config or retrain_config(settings)
     upgrade_database(settings.database_url)
     with session_scope(settings.database_url) as session:
         run, labels = _start_run(session, settings)
@@ -79,6 +84,26 @@ def run_scheduled_retrain(
         run.metrics = outcome.get("metrics", {})
     logger.info("retrain run %s %s: %s", run_id, run.status, run.reason)
     return run
+
+
+def retrain_config(settings: Settings):
+    """Return the TrainConfig of scheduled retrains: the shipped recipe, updated from `settings.retrain_config`."""
+    from dermbatch.training.train import TrainConfig
+
+    if settings.retrain_config is None:
+        return TrainConfig(weights_dir=settings.weights_dir)
+    try:
+        options = json.loads(Path(settings.retrain_config).read_text(encoding="utf-8"))
+        config = TrainConfig(**{"weights_dir": settings.weights_dir, **options})
+    except (OSError, ValueError, TypeError) as error:
+        raise ConfigurationError(
+            f"invalid DERMBATCH_RETRAIN_CONFIG {settings.retrain_config}: {error}; expected a JSON object of "
+            "TrainConfig fields such as {\"epochs\": 10}"
+        ) from error
+    for name in ("weights_dir", "cache_dir"):
+        if isinstance(getattr(config, name), str):
+            setattr(config, name, Path(getattr(config, name)))
+    return config
 
 
 def _start_run(session: Session, settings: Settings) -> tuple[TrainingRun, list[Label]]:
