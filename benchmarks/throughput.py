@@ -191,6 +191,14 @@ def steady_state(database_url: str) -> tuple[int, float]:
 
 
 def count_done(database_url: str, job_id_holder: dict) -> int:
+    """Return how many images are finished, reading SQLite without taking its write lock."""
+    if database_url.startswith("sqlite:///"):
+        import sqlite3
+
+        path = database_url.removeprefix("sqlite:///")
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as connection:
+            return connection.execute("SELECT count(*) FROM images WHERE status <> 'pending'").fetchone()[0]
+
     from sqlalchemy import text
 
     from dermbatch.db.engine import get_engine
