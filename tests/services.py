@@ -174,7 +174,9 @@ class S3Server:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.data_dir.parent / f"{self.data_dir.name}.log"
         command = [
-            WEED, "mini", f"-dir={self.data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+            # -logdir keeps weed's own log files out of /tmp.
+            WEED, f"-logdir={self.data_dir.parent}", "mini", f"-dir={self.data_dir}", "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
             "-master.telemetry=false", "-webdav=false", "-admin.ui=false", "-s3.port.iceberg=0",
             "-s3.port.lance=0", f"-s3.port={self.s3_port}",
             *(f"-{name}={port}" for name, port in self._other_ports.items()),
