@@ -31,7 +31,7 @@ def classify(
     plan = create_job(str(folder), settings, mode="embedded", force=force, model_version=model,
                       batch_size=batch_size)
     console.print(f"job {plan.job_id}: {plan.total_images} images, model {plan.model_version}")
-    _run_with_progress(plan, settings)
+    _print_totals(_run_with_progress(plan, settings))
     print_summary(plan.job_id)
 
 
@@ -45,11 +45,19 @@ def resume(
     plan = plan_pending(job, settings, batch_size)
     console.print(f"job {plan.job_id}: {plan.total_images} images pending, model {plan.model_version}")
     if plan.batches:
-        _run_with_progress(plan, settings)
+        _print_totals(_run_with_progress(plan, settings))
     print_summary(plan.job_id)
 
 
-def _run_with_progress(plan: JobPlan, settings: Settings) -> None:
+def _print_totals(results: list[BatchResult]) -> None:
+    predicted = sum(result.predicted for result in results)
+    reused = sum(result.reused for result in results)
+    errors = sum(result.errors for result in results)
+    console.print(f"{predicted} classified, {reused} reused from earlier jobs (same file, same model), "
+                  f"{errors} errors")
+
+
+def _run_with_progress(plan: JobPlan, settings: Settings) -> list[BatchResult]:
     try:
         with _progress() as progress:
             task = progress.add_task("classifying", total=plan.total_images, rate="")
@@ -61,7 +69,7 @@ def _run_with_progress(plan: JobPlan, settings: Settings) -> None:
                 progress.update(task, advance=result.claimed,
                                 rate=f"{completed['images'] / elapsed:.1f} images/s")
 
-            run_job_in_process(plan, settings, on_batch=advance)
+            return run_job_in_process(plan, settings, on_batch=advance)
     except KeyboardInterrupt:
         console.print(f"interrupted; finished batches are saved. Continue with: dermbatch resume {plan.job_id}")
         raise typer.Exit(130) from None
@@ -85,7 +93,7 @@ def print_summary(job_id: int) -> None:
         table.add_row(f"[red]error: {reason}[/]", str(count))
     table.add_row("[bold]total[/]", str(sum(labels.values()) + sum(errors.values())))
     console.print(table)
-    console.print(f"results: dermbatch results {job_id} --format csv")
+    console.print(f"results: dermbatch results {job_id} --format csv > results.csv")
 
 
 def _progress() -> Progress:

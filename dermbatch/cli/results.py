@@ -14,6 +14,7 @@ from dermbatch.cli.console import console
 from rich.table import Table
 
 from dermbatch.db.engine import session_scope
+from dermbatch.db.migrate import require_schema
 from dermbatch.db.queries import ProbabilityFilter, get_job, iter_results, job_labels, list_jobs
 from dermbatch.db.store import job_counts
 from dermbatch.errors import DermbatchError
@@ -35,7 +36,8 @@ def parse_probability_filter(text: str) -> ProbabilityFilter:
     except ValueError:
         minimum = -1.0
     if not separator or not label or not 0.0 <= minimum <= 1.0:
-        raise typer.BadParameter(f"invalid filter {text!r}; expected LABEL=MIN with MIN in 0..1, such as mel=0.3")
+        raise typer.BadParameter(f"invalid filter {text!r}; expected LABEL=MIN with MIN in 0..1, such as mel=0.3",
+                                 param_hint="--min-prob")
     return ProbabilityFilter(label=label.strip(), minimum=minimum)
 
 
@@ -45,12 +47,17 @@ def results(
     output: Path = typer.Option(None, "--output", "-o", help="File to write instead of standard output."),
     label: str = typer.Option(None, "--label", help="Only images predicted as this class, such as mel."),
     min_prob: list[str] = typer.Option(
-        None, "--min-prob", help="Only images whose probability of LABEL is at least MIN, as LABEL=MIN; repeatable."
+        None, "--min-prob", metavar="LABEL=MIN",
+        help="Only images whose probability of LABEL is at least MIN (0..1), such as mel=0.3; repeatable.",
     ),
 ) -> None:
     """Print or export one row per image of a job: prediction, every class probability, or error."""
     filters = [parse_probability_filter(text) for text in (min_prob or [])]
+    if output is not None and output_format is OutputFormat.table:
+        raise typer.BadParameter("--output writes csv or json; add --format csv or --format json",
+                                 param_hint="--output")
     settings = get_settings()
+    require_schema(settings.database_url)
     with session_scope(settings.database_url) as session:
         job_row = get_job(session, job)
         labels = job_labels(session, job_row)
@@ -116,6 +123,7 @@ def _format_probability(value: float | None) -> str:
 def jobs(limit: int = typer.Option(50, help="Number of most recent jobs to list.")) -> None:
     """List recent jobs with their progress."""
     settings = get_settings()
+    require_schema(settings.database_url)
     table = Table(title="jobs")
     for column in ("id", "status", "source", "model", "images", "done", "errors", "pending", "created"):
         table.add_column(column)
@@ -132,6 +140,7 @@ def jobs(limit: int = typer.Option(50, help="Number of most recent jobs to list.
 def status(job: str = typer.Argument(..., help="Job id, or 'latest'.")) -> None:
     """Show a job's progress: images done, errors, pending, and throughput."""
     settings = get_settings()
+    require_schema(settings.database_url)
     with session_scope(settings.database_url) as session:
         job_row = get_job(session, job)
         counts = job_counts(session, job_row.id)

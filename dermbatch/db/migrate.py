@@ -37,3 +37,26 @@ def schema_is_current(url: str | None = None) -> bool:
     with engine.connect() as connection:
         current = MigrationContext.configure(connection).get_current_revision()
     return current == head
+
+
+def require_schema(url: str | None = None) -> None:
+    """Raise DermbatchError unless the database exists and has dermbatch's tables.
+
+    A missing SQLite file is reported without being created, as a read command must not
+    leave an empty database behind.
+    """
+    from sqlalchemy import inspect
+    from sqlalchemy.engine import make_url
+
+    from dermbatch.errors import DermbatchError
+    from dermbatch.settings import get_settings
+
+    url = url or get_settings().database_url
+    parsed = make_url(url)
+    shown = parsed.render_as_string(hide_password=True)
+    advice = "run `dermbatch classify FOLDER` first, or set DERMBATCH_DATABASE_URL to the database of your jobs"
+    if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
+        if not Path(parsed.database).is_file():
+            raise DermbatchError(f"database {shown} does not exist (relative to {Path.cwd()}); {advice}")
+    if not inspect(get_engine(url)).has_table("jobs"):
+        raise DermbatchError(f"database {shown} has no dermbatch tables; {advice}")

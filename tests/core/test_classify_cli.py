@@ -130,3 +130,32 @@ def test_results_unknown_job_fails_clearly(embedded_env, tmp_path, job):
     assert completed.returncode != 0
     assert "job" in completed.stderr
     assert "Traceback" not in completed.stderr
+
+
+@pytest.mark.parametrize("command", [["jobs"], ["status", "latest"], ["results", "latest"]])
+def test_read_commands_without_database_fail_clearly(embedded_env, sqlite_url, tmp_path, command):
+    completed = run_cli(command, embedded_env, tmp_path)
+
+    assert completed.returncode == 2
+    assert "does not exist" in completed.stderr
+    assert "Traceback" not in completed.stderr
+    assert not (tmp_path / "dermbatch.db").exists(), "a read command must not create the database"
+
+
+def test_results_output_file_needs_csv_or_json(full_resolution_folder, embedded_env, tmp_path):
+    run_cli(["classify", str(full_resolution_folder)], embedded_env, tmp_path)
+
+    completed = run_cli(["results", "latest", "--output", str(tmp_path / "out.txt")], embedded_env, tmp_path)
+
+    assert completed.returncode != 0
+    assert "--format csv" in completed.stderr
+    assert not (tmp_path / "out.txt").exists()
+
+
+def test_classify_again_reports_reused_predictions(full_resolution_folder, embedded_env, tmp_path):
+    run_cli(["classify", str(full_resolution_folder)], embedded_env, tmp_path)
+
+    second = run_cli(["classify", str(full_resolution_folder)], embedded_env, tmp_path)
+
+    assert second.returncode == 0, second.stderr
+    assert "0 classified, 245 reused" in second.stdout
