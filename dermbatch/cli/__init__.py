@@ -34,7 +34,10 @@ COMMAND_MODULES = (
 
 @app.callback()
 def _configure(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at DEBUG level.")) -> None:
-    level = logging.DEBUG if verbose else logging.getLevelName(os.environ.get("DERMBATCH_LOG_LEVEL", "WARNING"))
+    if verbose:
+        # Processes that `classify` spawns read the level from the environment.
+        os.environ["DERMBATCH_LOG_LEVEL"] = "DEBUG"
+    level = logging.getLevelName(os.environ.get("DERMBATCH_LOG_LEVEL", "WARNING"))
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     install_redaction()
 

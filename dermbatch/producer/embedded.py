@@ -166,6 +166,8 @@ def _classify_share(plan: JobPlan, batches: list[list[int]], worker_plan: Worker
                     results_queue) -> None:
     """Classify one process's share of the batches and report each result, then None, on the queue."""
     _exit_with_parent()
+    logging.basicConfig(level=os.environ.get("DERMBATCH_LOG_LEVEL", "WARNING"),
+                        format=f"%(asctime)s %(levelname)s %(name)s[{index}]: %(message)s")
     try:
         apply_process_plan(worker_plan, index)
         classify_batches(plan, batches, get_settings(), on_batch=results_queue.put)
