@@ -433,10 +433,10 @@ def write_report(path: Path, measurements: dict[str, Measurement], model: str, c
         lines += ["", f"{item.name}: {item.steady_images_per_second:,.0f} keys/s from recording the job to the "
                       f"last batch queued ({item.steady_seconds:.1f} s), {item.images_per_second:,.0f} keys/s for "
                       f"the whole command with start-up ({item.seconds:.1f} s); {item.note}."]
-    kept = ""
+    hand_written = ""
     if path.exists() and NOTES_MARKER in path.read_text():
-        kept = path.read_text().split(NOTES_MARKER, 1)[1]
-    path.write_text("\n".join(lines) + "\n\n" + NOTES_MARKER + kept.rstrip("\n") + "\n")
+        hand_written = path.read_text().split(NOTES_MARKER, 1)[1]
+    path.write_text("\n".join(lines) + "\n\n" + NOTES_MARKER + hand_written.rstrip("\n") + "\n")
 
 
 #: Everything after this line in the report is written by hand and kept when the benchmark runs again.

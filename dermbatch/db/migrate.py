@@ -53,10 +53,10 @@ def require_schema(url: str | None = None) -> None:
 
     url = url or get_settings().database_url
     parsed = make_url(url)
-    shown = parsed.render_as_string(hide_password=True)
+    display_url = parsed.render_as_string(hide_password=True)
     advice = "run `dermbatch classify FOLDER` first, or set DERMBATCH_DATABASE_URL to the database of your jobs"
     if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
         if not Path(parsed.database).is_file():
-            raise DermbatchError(f"database {shown} does not exist (relative to {Path.cwd()}); {advice}")
+            raise DermbatchError(f"database {display_url} does not exist (relative to {Path.cwd()}); {advice}")
     if not inspect(get_engine(url)).has_table("jobs"):
-        raise DermbatchError(f"database {shown} has no dermbatch tables; {advice}")
+        raise DermbatchError(f"database {display_url} has no dermbatch tables; {advice}")

@@ -187,8 +187,8 @@ def find_predictions(
             Prediction.model_version_id == model_version_id, Prediction.uri.in_(uris)
         )
     )
-    wanted = set(keys)
-    return {(row.uri, row.content_hash): row.id for row in rows if (row.uri, row.content_hash) in wanted}
+    requested_keys = set(keys)
+    return {(row.uri, row.content_hash): row.id for row in rows if (row.uri, row.content_hash) in requested_keys}
 
 
 def record_outcomes(
