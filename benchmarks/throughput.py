@@ -424,8 +424,8 @@ def write_report(path: Path, measurements: dict[str, Measurement], model: str, c
                 ratio = measurements[key].steady_images_per_second / naive.steady_images_per_second
                 lines.append("")
                 lines.append(f"{measurements[key].name}: {ratio:.1f} times the naive pattern (steady rates).")
-    lines += ["", "Peak RSS lists each classifying process. For the embedded run the first figure is the "
-                  "`dermbatch classify` parent, sampled before it spawned its children; it loads no model.",
+    lines += ["", "Peak RSS lists each classifying process. In the embedded run, samples taken before "
+                  "`dermbatch classify` spawned its children measure the parent, which loads no model.",
               "SeaweedFS, Redis and PostgreSQL run on the same cores as the workers in the distributed runs."]
     lines += ["", "Targets: " + "; ".join(target_checks(measurements)) + "."]
     if "producer" in measurements:
