@@ -427,12 +427,12 @@ def write_report(path: Path, measurements: dict[str, Measurement], model: str, c
     lines += ["", "Peak RSS lists each classifying process. In the embedded run, samples taken before "
                   "`dermbatch classify` spawned its children measure the parent, which loads no model.",
               "SeaweedFS, Redis and PostgreSQL run on the same cores as the workers in the distributed runs."]
-    lines += ["", "Targets: " + "; ".join(target_checks(measurements)) + "."]
+    lines += ["", "Targets:", ""] + [f"- {check}" for check in target_checks(measurements)]
     if "producer" in measurements:
         item = measurements["producer"]
-        lines += ["", f"{item.name}: {item.steady_images_per_second:,.0f} keys/s from recording the job to the "
-                      f"last batch queued ({item.steady_seconds:.1f} s), {item.images_per_second:,.0f} keys/s for "
-                      f"the whole command with start-up ({item.seconds:.1f} s); {item.note}."]
+        lines += ["", f"{item.name} ({item.note}): {item.steady_images_per_second:,.0f} keys/s from recording "
+                      f"the job to the last batch queued ({item.steady_seconds:.1f} s).",
+                  f"The whole command with start-up took {item.seconds:.1f} s, {item.images_per_second:,.0f} keys/s."]
     hand_written = ""
     if path.exists() and NOTES_MARKER in path.read_text():
         hand_written = path.read_text().split(NOTES_MARKER, 1)[1]

@@ -266,11 +266,13 @@ def _upsert_predictions(
 
     ids = find_predictions(session, model_version_id, [(o.uri, o.content_hash) for o in outcomes])
     links = {o.image_id: ids[(o.uri, o.content_hash)] for o in outcomes}
-    _upsert_class_probabilities(session, dialect_insert, outcomes, links)
+    _upsert_class_probabilities(session, outcomes, links)
     return links
 
 
-def _upsert_class_probabilities(session: Session, dialect_insert, outcomes, links: dict[int, int]) -> None:
+def _upsert_class_probabilities(
+    session: Session, outcomes: Sequence[PredictionOutcome], links: dict[int, int]
+) -> None:
     rows = [
         {"prediction_id": links[o.image_id], "label": label, "probability": probability}
         for o in outcomes

@@ -130,7 +130,7 @@ def _run_in_processes(
     try:
         finished = 0
         while finished < processes:
-            message = _next_message(results_queue, children)
+            message = _next_message(results_queue, children, plan.job_id)
             if message is None:
                 finished += 1
             elif isinstance(message, BatchResult):
@@ -148,7 +148,7 @@ def _run_in_processes(
     return results
 
 
-def _next_message(results_queue, children) -> BatchResult | str | None:
+def _next_message(results_queue, children, job_id: int) -> BatchResult | str | None:
     """Return the next result, error text or end marker from the children; raise if one died silently."""
     while True:
         try:
@@ -158,7 +158,7 @@ def _next_message(results_queue, children) -> BatchResult | str | None:
             if dead:
                 raise DermbatchError(
                     f"classify process {dead[0].name} exited with status {dead[0].exitcode}; finished batches are "
-                    "saved, continue with `dermbatch resume JOB`"
+                    f"saved, continue with `dermbatch resume {job_id}`"
                 ) from None
 
 

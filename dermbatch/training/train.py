@@ -57,7 +57,7 @@ class TrainConfig:
     #: Tune a per-class bias of the output layer on the validation side after training (see `tune_class_bias`).
     tune_bias: bool = True
     #: Melanoma recall on the validation side that the tuned offsets must reach, as the
-    #: operating point of a triage aid; where no offsets reach it, the highest recall found is kept.
+    #: operating point of a triage aid. Where no offsets reach it, the highest recall found is kept.
     min_melanoma_recall: float = 0.75
     #: Resize filter and fit mode written to the contract and used for decoding.
     resize_method: str = "bilinear"
